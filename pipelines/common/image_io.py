@@ -1,0 +1,90 @@
+"""Image decoding with limits, and encoding of outputs.
+
+Only JPEG, PNG and WEBP are accepted. The byte cap is checked before parsing and the pixel cap
+from the header, before the pixels are decoded, so a decompression bomb never allocates.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+ALLOWED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
+CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    max_bytes: int = 50 * 1024 * 1024
+    max_pixels: int = 40_000_000
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an acceptable image. ``error_type`` is a fal validation type name."""
+
+    def __init__(self, message: str, error_type: str = "image_load_error") -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Image:
+    """Bytes -> RGB PIL image with EXIF orientation applied."""
+    if len(data) > limits.max_bytes:
+        raise ImageDecodeError(
+            f"image is {len(data)} bytes, more than the limit of {limits.max_bytes}", "file_too_large"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            fmt = img.format
+            if fmt not in ALLOWED_FORMATS:
+                raise ImageDecodeError(
+                    f"unsupported image format {fmt or 'unknown'}; use JPEG, PNG or WEBP",
+                    "unsupported_image_format",
+                )
+            width, height = img.size
+            if width * height > limits.max_pixels:
+                raise ImageDecodeError(
+                    f"image is {width}x{height} pixels, more than the limit of {limits.max_pixels}",
+                    "image_too_large",
+                )
+            img.load()
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(str(exc), "image_too_large") from exc
+    except Exception as exc:  # PIL raises many types for corrupt data
+        raise ImageDecodeError(f"cannot decode image: {exc}", "image_load_error") from exc
+    img = ImageOps.exif_transpose(img)
+    return img.convert("RGB")
+
+
+def to_pil(image: Image.Image | np.ndarray) -> Image.Image:
+    """PIL image or HxWx3 / HxW uint8 array -> PIL image."""
+    if isinstance(image, Image.Image):
+        return image
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        raise TypeError(f"expected a uint8 array, got {arr.dtype}")
+    return Image.fromarray(arr)
+
+
+def encode_image(image: Image.Image | np.ndarray, output_format: str = "png") -> tuple[bytes, str]:
+    """Encode for output; returns (bytes, content type). JPEG quality 95, as fal's outputs."""
+    pil = to_pil(image)
+    fmt = output_format.lower()
+    buf = io.BytesIO()
+    if fmt == "jpeg":
+        pil.convert("RGB").save(buf, format="JPEG", quality=95)
+    elif fmt == "png":
+        pil.save(buf, format="PNG")
+    elif fmt == "webp":
+        pil.save(buf, format="WEBP", quality=95)
+    else:
+        raise ValueError(f"unknown output format {output_format!r}")
+    return buf.getvalue(), CONTENT_TYPES[fmt]

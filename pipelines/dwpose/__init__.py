@@ -1,0 +1,17 @@
+"""DWPose whole-body pose image (`fal-ai/dwpose`).
+
+Importing this package only loads the schema; the model code is imported by workers.
+"""
+
+from pipelines.contract import EndpointSpec
+
+from .schema import DWPoseInput, DWPoseOutput
+
+ENDPOINT = EndpointSpec(
+    endpoint_id="fal-ai/dwpose",
+    input_model=DWPoseInput,
+    output_model=DWPoseOutput,
+    pipeline=None,
+    unavailable_reason="the DWPose whole-body pose image pipeline is not implemented yet in this build of fal-onprem",
+    title="DWPose whole-body pose image",
+)

@@ -1,0 +1,17 @@
+"""LivePortrait expression / head-pose editing (`fal-ai/live-portrait/image`).
+
+Importing this package only loads the schema; the model code is imported by workers.
+"""
+
+from pipelines.contract import EndpointSpec
+
+from .schema import LivePortraitImageInput, LivePortraitImageOutput
+
+ENDPOINT = EndpointSpec(
+    endpoint_id="fal-ai/live-portrait/image",
+    input_model=LivePortraitImageInput,
+    output_model=LivePortraitImageOutput,
+    pipeline=None,
+    unavailable_reason="the LivePortrait expression / head-pose editing pipeline is not implemented yet in this build of fal-onprem",
+    title="LivePortrait expression / head-pose editing",
+)
