@@ -12,6 +12,6 @@ ENDPOINT = EndpointSpec(
     input_model=CatVTONInput,
     output_model=CatVTONOutput,
     pipeline=None,
-    unavailable_reason="the CatVTON virtual try-on pipeline is not implemented yet in this build of fal-onprem",
+    unavailable_reason="this pipeline is not implemented yet in this build of fal-onprem",
     title="CatVTON virtual try-on",
 )

@@ -12,6 +12,6 @@ ENDPOINT = EndpointSpec(
     input_model=DWPoseInput,
     output_model=DWPoseOutput,
     pipeline=None,
-    unavailable_reason="the DWPose whole-body pose image pipeline is not implemented yet in this build of fal-onprem",
+    unavailable_reason="this pipeline is not implemented yet in this build of fal-onprem",
     title="DWPose whole-body pose image",
 )

@@ -12,6 +12,6 @@ ENDPOINT = EndpointSpec(
     input_model=LeffaPoseTransferInput,
     output_model=LeffaPoseTransferOutput,
     pipeline=None,
-    unavailable_reason="the Leffa pose transfer pipeline is not implemented yet in this build of fal-onprem",
+    unavailable_reason="this pipeline is not implemented yet in this build of fal-onprem",
     title="Leffa pose transfer",
 )

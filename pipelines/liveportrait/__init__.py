@@ -12,6 +12,6 @@ ENDPOINT = EndpointSpec(
     input_model=LivePortraitImageInput,
     output_model=LivePortraitImageOutput,
     pipeline=None,
-    unavailable_reason="the LivePortrait expression / head-pose editing pipeline is not implemented yet in this build of fal-onprem",
+    unavailable_reason="this pipeline is not implemented yet in this build of fal-onprem",
     title="LivePortrait expression / head-pose editing",
 )

@@ -12,6 +12,6 @@ ENDPOINT = EndpointSpec(
     input_model=PuLIDInput,
     output_model=PuLIDOutput,
     pipeline=None,
-    unavailable_reason="the PuLID (SDXL) identity-preserving portraits pipeline is not implemented yet in this build of fal-onprem",
+    unavailable_reason="this pipeline is not implemented yet in this build of fal-onprem",
     title="PuLID (SDXL) identity-preserving portraits",
 )

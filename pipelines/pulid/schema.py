@@ -47,9 +47,7 @@ class PuLIDInput(BaseModel):
         description="Size of the generated image",
     )
     id_scale: float = Field(default=0.8, ge=0.0, le=5.0, description="ID scale")
-    mode: Literal["fidelity", "extreme style"] = Field(
-        default="fidelity", description="Mode of generation"
-    )
+    mode: Literal["fidelity", "extreme style"] = Field(default="fidelity", description="Mode of generation")
     id_mix: bool = Field(
         default=False,
         description="if you want to mix two ID image, please turn this on, otherwise, turn this off",
