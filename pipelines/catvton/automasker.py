@@ -49,8 +49,8 @@ LIP_LABELS = (
     "Right-shoe",
 )  # fmt: skip
 ATR_LABELS = (
-    "Background", "Hat", "Hair", "Sunglasses", "Upper-clothes", "Skirt", "Pants", "Dress", "Belt", "Left-shoe",
-    "Right-shoe", "Face", "Left-leg", "Right-leg", "Left-arm", "Right-arm", "Bag", "Scarf",
+    "Background", "Hat", "Hair", "Sunglasses", "Upper-clothes", "Skirt", "Pants", "Dress", "Belt",
+    "Left-shoe", "Right-shoe", "Face", "Left-leg", "Right-leg", "Left-arm", "Right-arm", "Bag", "Scarf",
 )  # fmt: skip
 LIP_MAPPING = {name: (i,) for i, name in enumerate(LIP_LABELS)}
 ATR_MAPPING = {name: (i,) for i, name in enumerate(ATR_LABELS)}
