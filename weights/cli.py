@@ -1,0 +1,206 @@
+"""``fal-onprem weights ...``: list, pull, verify, convert and import model weights.
+
+Mounted by ``server.cli`` (``register(subparsers)`` or ``add_subcommands``); also runnable as
+``python -m weights.cli ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from weights import all_pipelines, find, manifest, state, weights_dir
+from weights.download import Report, WeightsError, import_dir, pull, unique_files, verify
+from weights.summary import human, table
+
+
+def _pipelines(names: Sequence[str] | None) -> list[str]:
+    known = all_pipelines()
+    unknown = [n for n in names or [] if n not in known]
+    if unknown:
+        raise WeightsError(f"unknown pipeline(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return list(names) if names else known
+
+
+def _print_report(report: Report, verb: str) -> int:
+    for name, msg in report.errors.items():
+        print(f"error: {name}: {msg}", file=sys.stderr)
+    print(
+        f"{verb}: {len(report.done)} done, {len(report.skipped)} already present, {len(report.errors)} failed"
+    )
+    for why in report.failures.values():
+        print(f"not ready: {why}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    pipelines = _pipelines(args.pipeline)
+    root = weights_dir(args.weights_dir)
+    if args.summary:
+        print(table(pipelines, markdown=args.markdown))
+        return 0
+    rows = []
+    for p in pipelines:
+        for f in manifest(p):
+            path = find(f, root)
+            size = path.stat().st_size if path is not None else f.expected_bytes
+            rows.append(
+                {
+                    "pipeline": p,
+                    "key": f.key,
+                    "file": f.display_name,
+                    "state": state(f, root),
+                    "size": size,
+                    "license": f.license,
+                    "restricted": f.license_restricted,
+                    "path": str(path) if path else None,
+                }
+            )
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    head = ("pipeline", "key", "state", "size", "file", "licence")
+    body = [
+        (
+            r["pipeline"],
+            r["key"],
+            r["state"],
+            human(r["size"]),
+            r["file"],
+            ("RESTRICTED: " if r["restricted"] else "") + r["license"],
+        )
+        for r in rows
+    ]
+    widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(head)]
+    for line in [head, *body]:
+        print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+    restricted = sorted({(r["pipeline"], r["license"]) for r in rows if r["restricted"]})
+    for p, lic in restricted:
+        print(f"note: {p} uses weights under a restrictive licence: {lic}")
+    print(f"weights dir: {root.resolve()}")
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    report = pull(
+        _pipelines(args.pipelines),
+        root=args.weights_dir,
+        convert=not args.no_convert,
+        token=args.token,
+        hf_cache=args.hf_cache,
+    )
+    return _print_report(report, "pull")
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    report = import_dir(
+        args.source, _pipelines(args.pipelines), root=args.weights_dir, convert=not args.no_convert
+    )
+    return _print_report(report, "import")
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from weights.download import convert_files
+
+    root = weights_dir(args.weights_dir)
+    report = convert_files(unique_files(_pipelines(args.pipelines)), root, force=args.force)
+    return _print_report(report, "convert")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    checks = verify(_pipelines(args.pipelines), root=args.weights_dir, hashes=not args.size_only)
+    for c in checks:
+        stream = sys.stderr if c.bad else sys.stdout
+        print(f"{c.status:16} {c.file}" + (f"  {c.detail}" if c.detail else ""), file=stream)
+    bad = [c for c in checks if c.bad]
+    missing = [c for c in checks if c.status == "missing"]
+    print(f"verify: {len(checks) - len(bad) - len(missing)} ok, {len(bad)} bad, {len(missing)} missing")
+    return 1 if bad else 0
+
+
+def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
+    """Add list / pull / verify / convert / import to the subparsers of a ``weights`` command.
+
+    Each sets ``weights_func``; call ``run(args)`` to execute the parsed command.
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--weights-dir",
+        type=Path,
+        default=None,
+        help="weights folder (default: $FAL_ONPREM_WEIGHTS_DIR or ./weights)",
+    )
+
+    p = subparsers.add_parser(
+        "list", parents=[common], help="files per pipeline: ready / unconverted / missing"
+    )
+    p.add_argument("--pipeline", action="append", help="only this pipeline (repeatable)")
+    p.add_argument("--summary", action="store_true", help="per-pipeline disk and GPU-memory needs, licences")
+    p.add_argument("--markdown", action="store_true", help="with --summary: a markdown table")
+    p.add_argument("--json", action="store_true", help="machine-readable listing")
+    p.set_defaults(weights_func=cmd_list)
+
+    p = subparsers.add_parser(
+        "pull", parents=[common], help="download (resumable) and convert missing weights"
+    )
+    p.add_argument("pipelines", nargs="*", help="pipelines (default: all)")
+    p.add_argument("--no-convert", action="store_true", help="download only")
+    p.add_argument("--hf-cache", action="store_true", help="download into the Hugging Face cache instead")
+    p.add_argument("--token", default=None, help="Hugging Face token (default: HF_TOKEN / `hf auth login`)")
+    p.set_defaults(weights_func=cmd_pull)
+
+    p = subparsers.add_parser("verify", parents=[common], help="check sizes and sha256 of present files")
+    p.add_argument("pipelines", nargs="*", help="pipelines (default: all)")
+    p.add_argument("--size-only", action="store_true", help="skip hashing")
+    p.set_defaults(weights_func=cmd_verify)
+
+    p = subparsers.add_parser("convert", parents=[common], help="one-time conversions to safetensors")
+    p.add_argument("pipelines", nargs="*", help="pipelines (default: all)")
+    p.add_argument("--force", action="store_true", help="redo conversions that exist")
+    p.set_defaults(weights_func=cmd_convert)
+
+    p = subparsers.add_parser(
+        "import", parents=[common], help="copy weights from a folder (air-gapped installs)"
+    )
+    p.add_argument("source", type=Path, help="a weights dir, a Hugging Face cache, or a flat folder of files")
+    p.add_argument("pipelines", nargs="*", help="pipelines (default: all)")
+    p.add_argument("--no-convert", action="store_true", help="copy only")
+    p.set_defaults(weights_func=cmd_import)
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``weights`` command (with its subcommands) to a top-level CLI."""
+    parser = subparsers.add_parser("weights", help="list, pull, verify, convert and import model weights")
+    sub = parser.add_subparsers(dest="weights_command", required=True, metavar="COMMAND")
+    add_subcommands(sub)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute a parsed weights command; user errors print a message and return 2, never a trace."""
+    try:
+        return args.weights_func(args)
+    except WeightsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fal-onprem weights", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="weights_command", required=True, metavar="COMMAND")
+    add_subcommands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

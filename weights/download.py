@@ -1,0 +1,461 @@
+"""Fetching weights: ``pull`` (Hugging Face Hub or a plain URL), ``import`` (a local folder) and the
+conversions that follow.
+
+Downloads use huggingface_hub (``HF_ENDPOINT``, ``HF_TOKEN``/``hf auth login``, ``HF_HUB_OFFLINE`` and its
+progress bars are honoured). Files land in ``<weights_dir>/<repo_id>/<path>``. Plain HTTP transfers
+keep a partial ``*.incomplete`` file next to the target, so an interrupted ``pull`` (network drop,
+Ctrl-C) resumes where it stopped on the next run; huggingface_hub also retries a dropped connection
+with a Range request within one run. Xet-backed files go through ``hf_hub_download`` (hf_xet does
+its own chunked transfer). Files already in the weights dir or the Hugging Face cache are reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from weights import (
+    WeightFile,
+    converted_path,
+    find,
+    local_path,
+    manifest,
+    missing_weights,
+    state,
+    weights_dir,
+)
+
+Say = Callable[[str], None]
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+META_SUBDIR = ".fal-onprem"  # per-file download records (etag, sha256) inside the weights dir
+
+
+class WeightsError(RuntimeError):
+    """A failure with a message fit for the user (no stack trace needed)."""
+
+
+@dataclass
+class Report:
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)  # file -> message
+    failures: dict[str, str] = field(default_factory=dict)  # pipeline -> why it is still not ready
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and not self.failures
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def unique_files(pipelines: Iterable[str]) -> list[WeightFile]:
+    """The files of several pipelines, each once (shared components appear in several manifests)."""
+    seen: dict[tuple, WeightFile] = {}
+    for p in pipelines:
+        for f in manifest(p):
+            seen.setdefault((f.url, f.repo_id, f.filename, f.revision, f.owner, f.key), f)
+    return list(seen.values())
+
+
+# --------------------------------------------------------------------------------------------- hashing
+
+
+def sha256_of(path: Path, *, progress: bool = True) -> str:
+    """sha256 of a file, with a progress bar for large files."""
+    from tqdm.auto import tqdm
+
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    show = progress and size > 256 * 2**20
+    with (
+        path.open("rb") as fh,
+        tqdm(total=size, unit="B", unit_scale=True, desc=f"sha256 {path.name}", disable=not show) as bar,
+    ):
+        while chunk := fh.read(8 * 2**20):
+            digest.update(chunk)
+            bar.update(len(chunk))
+    return digest.hexdigest()
+
+
+def _meta_path(f: WeightFile, root: Path) -> Path:
+    return root / META_SUBDIR / f.repo_id / f"{f.filename}.json"
+
+
+def recorded_sha256(f: WeightFile, root: Path) -> str | None:
+    """The sha256 recorded when ``pull`` downloaded the file (for files the manifest has none for)."""
+    try:
+        return json.loads(_meta_path(f, root).read_text()).get("sha256")
+    except (OSError, ValueError):
+        return None
+
+
+def _record(f: WeightFile, root: Path, **info: object) -> None:
+    path = _meta_path(f, root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"repo_id": f.repo_id, "filename": f.filename, **info}, indent=1))
+
+
+def _check_file(f: WeightFile, path: Path, expected_sha: str | None) -> str:
+    """Size and sha256 of a fresh file against what is expected; returns its sha256."""
+    size = path.stat().st_size
+    if f.size is not None and size != f.size:
+        raise WeightsError(f"{f.display_name}: size {size} != expected {f.size}")
+    digest = sha256_of(path)
+    if expected_sha and digest != expected_sha.lower():
+        raise WeightsError(f"{f.display_name}: sha256 {digest} != expected {expected_sha}")
+    return digest
+
+
+# ------------------------------------------------------------------------------------------- transfers
+
+
+def hub_endpoint() -> str:
+    """``HF_ENDPOINT`` read at call time (huggingface_hub reads it once, at import)."""
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def _resumable_get(url: str, dest: Path, *, tag: str, headers: dict, expected_size: int | None) -> None:
+    """GET ``url`` into ``dest`` through huggingface_hub's ``http_get`` (progress bar, Range retries),
+    keeping ``<dest>.<tag>.incomplete`` between runs so that a later run resumes it."""
+    from huggingface_hub.file_download import http_get
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(f"{dest.name}.{tag[:16]}.incomplete")
+    for stale in dest.parent.glob(f"{dest.name}.*.incomplete"):
+        if stale != part:  # a partial file of another version of the file
+            stale.unlink()
+    if expected_size is not None and part.exists() and part.stat().st_size > expected_size:
+        part.unlink()
+    with part.open("ab") as fh:
+        resume = fh.tell()
+        if resume:
+            _stderr(f"resuming {dest.name} at {resume} bytes")
+        http_get(
+            url,
+            fh,
+            resume_size=resume,
+            headers=headers,
+            expected_size=expected_size,
+            displayed_filename=dest.name,
+        )
+    part.replace(dest)
+
+
+def _download_hub(f: WeightFile, root: Path, token: str | bool | None) -> None:
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers
+
+    endpoint = hub_endpoint()
+    url = hf_hub_url(f.repo_id, f.filename, repo_type=f.repo_type, revision=f.revision, endpoint=endpoint)
+    meta = get_hf_file_metadata(url, token=token, endpoint=endpoint, retry_on_errors=True)
+    dest = local_path(f, root)
+    if meta.etag is None or meta.commit_hash is None:
+        raise WeightsError(f"{url} did not answer like a Hugging Face Hub (no ETag / X-Repo-Commit)")
+    if meta.xet_file_data is not None:
+        # Xet storage: hf_xet transfers and resumes chunks itself
+        hf_hub_download(
+            f.repo_id,
+            f.filename,
+            repo_type=f.repo_type,
+            revision=f.revision,
+            token=token,
+            endpoint=endpoint,
+            local_dir=root / f.repo_id,
+        )
+    else:
+        headers = build_hf_headers(token=token)
+        headers["Accept-Encoding"] = "identity"
+        if meta.location != url and not meta.location.startswith(endpoint):
+            headers.pop("authorization", None)  # signed CDN URL: never forward the token
+        size = meta.size if meta.size is not None else f.size
+        _resumable_get(meta.location, dest, tag=meta.etag, headers=headers, expected_size=size)
+    lfs_sha = meta.etag if SHA256_RE.match(meta.etag) else None
+    digest = _check_failing_removes(f, dest, f.sha256 or lfs_sha)
+    _record(f, root, sha256=digest, etag=meta.etag, commit=meta.commit_hash, size=dest.stat().st_size)
+
+
+def _download_url(f: WeightFile, root: Path) -> None:
+    dest = local_path(f, root)
+    tag = (f.sha256 or hashlib.sha256(f.url.encode()).hexdigest())[:16]
+    _resumable_get(f.url, dest, tag=tag, headers={"Accept-Encoding": "identity"}, expected_size=f.size)
+    digest = _check_failing_removes(f, dest, f.sha256)
+    _record(f, root, sha256=digest, url=f.url, size=dest.stat().st_size)
+
+
+def _check_failing_removes(f: WeightFile, dest: Path, expected_sha: str | None) -> str:
+    try:
+        return _check_file(f, dest, expected_sha)
+    except WeightsError:
+        dest.unlink()  # a corrupt download must not look present
+        raise
+
+
+def _download_to_hf_cache(f: WeightFile, token: str | bool | None) -> None:
+    from huggingface_hub import hf_hub_download
+
+    path = Path(
+        hf_hub_download(
+            f.repo_id,
+            f.filename,
+            repo_type=f.repo_type,
+            revision=f.revision,
+            token=token,
+            endpoint=hub_endpoint(),
+        )
+    )
+    if f.sha256:
+        _check_file(f, path, f.sha256)
+
+
+def download(f: WeightFile, root: Path, *, token: str | bool | None = None, hf_cache: bool = False) -> None:
+    """Fetch one file into the weights dir (or the Hugging Face cache). Raises WeightsError."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    if constants.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        raise WeightsError(f"{f.display_name}: HF_HUB_OFFLINE is set; copy the files with `weights import`")
+    try:
+        if f.url:
+            _download_url(f, root)
+        elif hf_cache:
+            _download_to_hf_cache(f, token)
+        else:
+            _download_hub(f, root, token)
+    except WeightsError:
+        raise
+    except GatedRepoError as e:
+        raise WeightsError(
+            f"{f.repo_id} is gated: accept its terms on the Hub, then set HF_TOKEN "
+            f"or run `hf auth login` ({e})"
+        ) from e
+    except RepositoryNotFoundError as e:
+        raise WeightsError(f"{f.repo_id} not found or private (set HF_TOKEN if it is private): {e}") from e
+    except HfHubHTTPError as e:
+        raise WeightsError(f"{f.display_name}: {e}") from e
+    except Exception as e:  # network (httpx) errors, disk full: report, don't crash the whole pull
+        raise WeightsError(f"{f.display_name}: {type(e).__name__}: {e}") from e
+
+
+# ----------------------------------------------------------------------------------------- conversion
+
+
+def convert_files(
+    files: Iterable[WeightFile], root: Path, *, force: bool = False, say: Say = _stderr
+) -> Report:
+    """Run the pending conversions of the files that are present."""
+    from weights.convert import run_conversion
+
+    report = Report()
+    for f in files:
+        if not f.convert:
+            continue
+        dst = converted_path(f, root)
+        assert dst is not None
+        if dst.exists() and not force:
+            report.skipped.append(f.display_name)
+            continue
+        src = find(f, root)
+        if src is None:
+            report.errors[f.display_name] = "not downloaded; cannot convert"
+            continue
+        say(f"converting {f.display_name} ({f.convert}) -> {dst}")
+        try:
+            run_conversion(f.convert, src, dst)
+            report.done.append(f.display_name)
+        except Exception as e:  # a bad file or a missing converter module: report it, go on
+            report.errors[f.display_name] = f"conversion {f.convert} failed: {type(e).__name__}: {e}"
+    return report
+
+
+def _finish(report: Report, pipelines: Iterable[str], root: Path) -> Report:
+    for p in pipelines:
+        error = missing_weights(p, root)
+        if error is not None:
+            report.failures[p] = str(error)
+    return report
+
+
+def pull(
+    pipelines: Iterable[str],
+    *,
+    root: Path | str | None = None,
+    convert: bool = True,
+    token: str | bool | None = None,
+    hf_cache: bool = False,
+    say: Say = _stderr,
+) -> Report:
+    """Download what the pipelines lack, then convert. Never raises for a single bad file."""
+    pipelines = list(pipelines)
+    root = weights_dir(root)
+    files = unique_files(pipelines)
+    report = Report()
+    for f in files:
+        if state(f, root) == "ready" or find(f, root) is not None:
+            report.skipped.append(f.display_name)
+            continue
+        say(f"downloading {f.display_name}")
+        try:
+            download(f, root, token=token, hf_cache=hf_cache)
+            report.done.append(f.display_name)
+        except WeightsError as e:
+            report.errors[f.display_name] = str(e)
+            say(f"error: {e}")
+    if convert:
+        conv = convert_files(files, root, say=say)
+        report.done += conv.done
+        report.errors.update(conv.errors)
+    return _finish(report, pipelines, root)
+
+
+# ---------------------------------------------------------------------------------------------- import
+
+
+def _candidates(f: WeightFile, src: Path) -> list[Path]:
+    """Where a file may sit in a folder brought from another machine."""
+    org_name = f"{f.repo_type}s--{f.repo_id.replace('/', '--')}"
+    out = [src / f.repo_id / f.filename]  # a weights dir
+    for hub in (src, src / "hub"):  # a Hugging Face cache (HF_HOME or HF_HUB_CACHE)
+        out += sorted((hub / org_name / "snapshots").glob(f"*/{f.filename}"))
+    out += [src / f.filename, src / Path(f.filename).name]  # a flat folder of files
+    return out
+
+
+def _copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".importing")
+    if src.is_dir():
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        shutil.rmtree(dst, ignore_errors=True)
+    else:
+        shutil.copyfile(src, tmp)
+    tmp.replace(dst)
+
+
+def import_dir(
+    src: Path | str,
+    pipelines: Iterable[str],
+    *,
+    root: Path | str | None = None,
+    convert: bool = True,
+    say: Say = _stderr,
+) -> Report:
+    """Copy weights from a folder (another weights dir, a Hugging Face cache, or a flat folder) for
+    air-gapped installs; converted outputs found under ``<src>/converted/`` are taken as they are."""
+    pipelines = list(pipelines)
+    src = Path(src)
+    root = weights_dir(root)
+    if not src.is_dir():
+        raise WeightsError(f"{src} is not a folder")
+    files = unique_files(pipelines)
+    report = Report()
+    for f in files:
+        if state(f, root) == "ready":
+            report.skipped.append(f.display_name)
+            continue
+        target = converted_path(f, root)
+        if target is not None:
+            shipped = src / target.relative_to(root)
+            if shipped.exists():
+                say(f"importing {shipped}")
+                _copy(shipped, target)
+                report.done.append(f.display_name)
+                continue
+        if find(f, root) is not None:
+            continue  # present, conversion pending
+        for cand in _candidates(f, src):
+            if not cand.is_file() or (f.size is not None and cand.stat().st_size != f.size):
+                continue
+            dest = local_path(f, root)
+            say(f"importing {cand}")
+            _copy(cand, dest)
+            try:
+                _check_failing_removes(f, dest, f.sha256)
+            except WeightsError as e:
+                report.errors[f.display_name] = str(e)
+                break
+            report.done.append(f.display_name)
+            break
+        else:
+            report.errors[f.display_name] = f"not found in {src}"
+    if convert:
+        conv = convert_files(files, root, say=say)
+        report.done += conv.done
+        report.errors.update(conv.errors)
+    return _finish(report, pipelines, root)
+
+
+# ---------------------------------------------------------------------------------------------- verify
+
+
+@dataclass
+class Check:
+    file: str
+    path: Path | None
+    status: str  # ok | unpinned | missing | size-mismatch | sha256-mismatch | unreadable
+    detail: str = ""
+
+    @property
+    def bad(self) -> bool:
+        return self.status in ("size-mismatch", "sha256-mismatch", "unreadable")
+
+
+def _check_safetensors(path: Path) -> str | None:
+    """None if every safetensors file at ``path`` (file or folder) opens; else the problem."""
+    from safetensors import safe_open
+
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+    if not files:
+        return "no safetensors files"
+    for p in files:
+        try:
+            with safe_open(str(p), framework="pt") as fh:
+                fh.keys()
+        except Exception as e:
+            return f"{p.name}: {e}"
+    return None
+
+
+def verify(pipelines: Iterable[str], *, root: Path | str | None = None, hashes: bool = True) -> list[Check]:
+    """Check sizes and sha256 of the files present, and that conversions open as safetensors."""
+    root = weights_dir(root)
+    checks: list[Check] = []
+    for f in unique_files(pipelines):
+        path = find(f, root)
+        conv = converted_path(f, root)
+        if conv is not None and conv.exists():
+            problem = _check_safetensors(conv)
+            checks.append(
+                Check(f"{f.display_name} (converted)", conv, "unreadable" if problem else "ok", problem or "")
+            )
+        if path is None:
+            if conv is None or not conv.exists():
+                checks.append(Check(f.display_name, None, "missing"))
+            continue
+        size = path.stat().st_size
+        if f.size is not None and size != f.size:
+            checks.append(Check(f.display_name, path, "size-mismatch", f"{size} bytes, expected {f.size}"))
+            continue
+        expected = f.sha256 or recorded_sha256(f, root)
+        if not hashes:
+            checks.append(Check(f.display_name, path, "ok", "size only"))
+            continue
+        digest = sha256_of(path)
+        if expected is None:
+            checks.append(Check(f.display_name, path, "unpinned", f"sha256 {digest} (no reference)"))
+        elif digest != expected.lower():
+            checks.append(Check(f.display_name, path, "sha256-mismatch", f"{digest}, expected {expected}"))
+        else:
+            checks.append(Check(f.display_name, path, "ok", "sha256 matches"))
+    return checks
