@@ -1,0 +1,63 @@
+"""The API process: ``create_app(settings)`` builds the FastAPI app (no model library imported)."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pipelines import registry
+from server.config import Settings
+from server.errors import FalError, on_fal_error, on_http_error, on_validation_error
+from server.files import FileStore
+from server.proxy import FalProxyMiddleware
+from server.routes import files, ops, queue, run
+from server.store import open_store
+
+log = logging.getLogger("fal_onprem.api")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    endpoints = registry.endpoints()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        yield
+        app.state.store.close()
+
+    app = FastAPI(
+        title="fal-onprem",
+        version="0.1.0",
+        description="Self-hosted, fal.ai-compatible queue API for five human-image pipelines.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.endpoints = endpoints
+    app.state.store = open_store(settings.resolved_store_url)
+    app.state.files = FileStore(settings.files_dir)
+    app.state.check_webhook_url = lambda url: None  # replaced by the webhook module when enabled
+
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(FalError, on_fal_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+
+    app.include_router(queue.build_router(endpoints))
+    app.include_router(run.build_router(endpoints))
+    app.include_router(files.router)
+    app.include_router(ops.router)
+
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=["*"],
+        allow_methods=["*"],
+        allow_headers=["*"],
+        expose_headers=["x-fal-request-id", "x-fal-error-type"],
+    )
+    app.add_middleware(FalProxyMiddleware)
+    return app

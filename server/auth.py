@@ -1,0 +1,34 @@
+"""API keys: ``Authorization: Key <key>``. Jobs are scoped to the key that made them.
+
+With no keys configured every caller is anonymous (key id None) and sees every job; the CLI
+refuses to bind such a server to a non-loopback address unless told ``--insecure-no-auth``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from fastapi import Request
+
+from server.errors import FalError
+
+
+def key_id(key: str) -> str:
+    """A stable, non-secret id for a key (stored with each job)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def caller_key_id(request: Request) -> str | None:
+    """FastAPI dependency: the caller's key id, or None when auth is off. 401 on a bad key."""
+    keys: list[str] = request.app.state.settings.key_list
+    if not keys:
+        return None
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() in ("key", "bearer") and token:
+        for key in keys:
+            if hmac.compare_digest(token.encode(), key.encode()):
+                return key_id(key)
+    raise FalError(401, "Missing or invalid API key (expected 'Authorization: Key <key>')", "unauthorized")

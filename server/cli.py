@@ -1,0 +1,233 @@
+"""``fal-onprem`` command line: serve, worker, weights.
+
+Flags become ``FAL_ONPREM_*`` environment variables, so the API, every worker child process and
+``Settings()`` all see one configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+log = logging.getLogger("fal_onprem")
+
+WORKER_RESTART_DELAY_S = 2.0
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _common_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="SQLite job store and stored files (env FAL_ONPREM_DATA_DIR)")
+    p.add_argument("--weights-dir", help="model weights folder (env FAL_ONPREM_WEIGHTS_DIR)")
+    p.add_argument("--store-url", help="job store URL, default sqlite:///<data-dir>/jobs.sqlite")
+    p.add_argument(
+        "--tiny", action="store_true", help="tiny random-weight pipelines (try the API without weights)"
+    )
+    p.add_argument(
+        "--random-full", action="store_true", help="full-size pipelines with random weights (GPU benchmarks)"
+    )
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING (env FAL_ONPREM_LOG_LEVEL)")
+
+
+def _apply_env(args: argparse.Namespace) -> None:
+    """Turn flags into FAL_ONPREM_* variables (inherited by child processes)."""
+    mapping = {
+        "data_dir": "DATA_DIR",
+        "weights_dir": "WEIGHTS_DIR",
+        "store_url": "STORE_URL",
+        "log_level": "LOG_LEVEL",
+        "host": "HOST",
+        "port": "PORT",
+        "public_url": "PUBLIC_URL",
+        "api_keys": "API_KEYS",
+    }
+    for attr, env in mapping.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            os.environ[f"FAL_ONPREM_{env}"] = str(value)
+    if getattr(args, "tiny", False):
+        os.environ["FAL_ONPREM_WEIGHTS_SOURCE"] = "tiny"
+    elif getattr(args, "random_full", False):
+        os.environ["FAL_ONPREM_WEIGHTS_SOURCE"] = "random_full"
+    if getattr(args, "insecure_no_auth", False):
+        os.environ["FAL_ONPREM_INSECURE_NO_AUTH"] = "1"
+
+
+def visible_devices() -> list[str]:
+    """CUDA devices visible to this process (via nvidia-smi, so the parent never imports torch)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+        return []
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return []
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10, check=True).stdout
+    except (subprocess.SubprocessError, OSError):
+        return []
+    count = sum(1 for line in out.splitlines() if line.startswith("GPU "))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        count = min(count, len([v for v in visible.split(",") if v.strip()]))
+    return [f"cuda:{i}" for i in range(count)]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class WorkerSupervisor:
+    """Keeps one worker child process per device alive (a crashed worker is restarted)."""
+
+    def __init__(self, devices: list[str]) -> None:
+        self.devices = devices
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.stopping = threading.Event()
+
+    def _spawn(self, device: str) -> None:
+        cmd = [sys.executable, "-m", "server.cli", "worker", "--device", device]
+        self.procs[device] = subprocess.Popen(cmd)
+        log.info("started worker pid=%d device=%s", self.procs[device].pid, device)
+
+    def start(self) -> None:
+        for device in self.devices:
+            self._spawn(device)
+        threading.Thread(target=self._watch, daemon=True, name="supervisor").start()
+
+    def _watch(self) -> None:
+        while not self.stopping.wait(1.0):
+            for device, proc in list(self.procs.items()):
+                if proc.poll() is not None and not self.stopping.is_set():
+                    log.warning("worker on %s exited with %s; restarting", device, proc.returncode)
+                    time.sleep(WORKER_RESTART_DELAY_S)
+                    self._spawn(device)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _apply_env(args)
+    from server.config import Settings
+
+    settings = Settings()
+    _setup_logging(settings.log_level)
+    if not settings.key_list and not _is_loopback(settings.host) and not settings.insecure_no_auth:
+        log.error(
+            "refusing to serve on %s without API keys: set FAL_ONPREM_API_KEYS or pass --insecure-no-auth",
+            settings.host,
+        )
+        return 2
+    if args.pull:
+        from weights.cli import pull_missing
+
+        pull_missing(None, settings.weights_dir)
+
+    import uvicorn
+
+    from server.app import create_app
+
+    devices = [] if args.no_worker else (args.device or visible_devices() or ["cpu"])
+    supervisor = WorkerSupervisor(devices)
+    supervisor.start()
+    log.info("API on %s:%d, workers on %s", settings.host, settings.port, ", ".join(devices) or "none")
+    try:
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level.lower(),
+            ssl_certfile=args.ssl_certfile,
+            ssl_keyfile=args.ssl_keyfile,
+            timeout_graceful_shutdown=5,
+        )
+    finally:
+        supervisor.stop()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    _apply_env(args)
+    from server.config import Settings
+    from server.worker.runner import Worker
+
+    settings = Settings()
+    _setup_logging(settings.log_level)
+    worker = Worker(settings, device=args.device)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    signal.signal(signal.SIGINT, lambda *_: worker.stop())
+    worker.load_pipelines()
+    ready = sorted(worker.loaded)
+    log.info("worker %s ready: %s", worker.worker_id, ", ".join(ready) or "no pipeline")
+    worker.serve_forever()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fal-onprem", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the API and one worker per visible GPU (CPU worker when none)")
+    _common_flags(serve)
+    serve.add_argument("--host", help="bind address (env FAL_ONPREM_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (env FAL_ONPREM_PORT, default 8000)")
+    serve.add_argument("--public-url", help="base URL for absolute URLs in responses")
+    serve.add_argument("--api-keys", help="comma-separated API keys (env FAL_ONPREM_API_KEYS)")
+    serve.add_argument(
+        "--insecure-no-auth", action="store_true", help="allow a non-loopback bind without keys"
+    )
+    serve.add_argument("--device", action="append", help="worker device(s), e.g. cuda:0 (default: all GPUs)")
+    serve.add_argument("--no-worker", action="store_true", help="API only; attach workers with `worker`")
+    serve.add_argument("--pull", action="store_true", help="download missing weights before serving")
+    serve.add_argument("--ssl-certfile", help="TLS certificate (PEM) for HTTPS")
+    serve.add_argument("--ssl-keyfile", help="TLS private key (PEM) for HTTPS")
+    serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="attach a worker to an existing job store")
+    _common_flags(worker)
+    worker.add_argument("--device", default="cpu", help="cpu or cuda:N")
+    worker.set_defaults(func=cmd_worker)
+
+    try:
+        from weights.cli import add_subcommands
+    except ImportError:
+        add_subcommands = None
+    if add_subcommands is not None:
+        add_subcommands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

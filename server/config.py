@@ -1,0 +1,102 @@
+"""One settings object for the API, the workers and the CLI.
+
+Every field is read from ``FAL_ONPREM_<NAME>`` (e.g. ``FAL_ONPREM_DATA_DIR``) and from an optional
+TOML file named by ``FAL_ONPREM_CONFIG``; environment variables win over the file. CLI flags
+are turned into environment variables by the CLI, so child processes inherit the same settings.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class PipelineSettings(BaseModel):
+    """Per-endpoint overrides (TOML ``[pipelines."fal-ai/dwpose"]`` or env JSON)."""
+
+    enabled: bool = True
+    max_batch: int | None = None
+    max_wait_ms: int | None = None
+    dtype: Literal["float32", "float16", "bfloat16"] | None = None
+    compile: bool = False
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FAL_ONPREM_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str | None = Field(
+        default=None, description="Base URL used in absolute URLs of responses (else the request's own)."
+    )
+    data_dir: Path = Path("data")
+    store_url: str | None = Field(
+        default=None, description="sqlite:///path (default: <data_dir>/jobs.sqlite)"
+    )
+    weights_dir: Path = Path("weights")
+    weights_source: Literal["real", "tiny", "random_full"] = "real"
+    seed: int = 0
+    api_keys: str = Field(default="", description="Comma-separated API keys; empty disables auth.")
+    insecure_no_auth: bool = False
+    pipelines: dict[str, PipelineSettings] = Field(default_factory=dict)
+    url_allow_list: str = Field(default="", description="Comma-separated hosts/CIDRs exempt from SSRF rules.")
+    max_request_bytes: int = 16 * 1024 * 1024
+    max_image_bytes: int = 50 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    max_upload_bytes: int = 2 * 1024 * 1024 * 1024
+    fetch_timeout_s: float = 30.0
+    job_lease_s: float = 30.0
+    max_attempts: int = 2
+    file_ttl_s: float | None = None
+    log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _TomlSource(settings_cls)
+
+    @cached_property
+    def resolved_store_url(self) -> str:
+        return self.store_url or f"sqlite:///{(self.data_dir / 'jobs.sqlite').resolve()}"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
+
+    @property
+    def key_list(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+    def pipeline(self, endpoint_id: str) -> PipelineSettings:
+        return self.pipelines.get(endpoint_id, PipelineSettings())
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Values from the TOML file named by FAL_ONPREM_CONFIG (flat keys, plus [pipelines.*] tables)."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        path = os.environ.get("FAL_ONPREM_CONFIG")
+        self._data: dict[str, Any] = tomllib.loads(Path(path).read_text()) if path else {}
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in self._data.items() if k in self.settings_cls.model_fields}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    return Settings(**overrides)

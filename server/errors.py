@@ -1,0 +1,91 @@
+"""fal-style error responses: ``{"detail": ..., "error_type": ...}`` + ``X-Fal-Error-Type``.
+
+Validation errors keep fal's list shape ``{"detail": [{"loc", "msg", "type"}]}`` (status 422).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class FalError(Exception):
+    """Raised by route helpers; rendered as a fal-style JSON error."""
+
+    def __init__(
+        self, status_code: int, detail: str | list[dict[str, Any]], error_type: str, **headers: str
+    ) -> None:
+        super().__init__(str(detail))
+        self.status_code = status_code
+        self.detail = detail
+        self.error_type = error_type
+        self.headers = headers
+
+
+def error_response(
+    status_code: int,
+    detail: str | list[dict[str, Any]],
+    error_type: str | None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {"detail": detail}
+    out_headers = dict(headers or {})
+    if error_type:
+        body["error_type"] = error_type
+        out_headers["X-Fal-Error-Type"] = error_type
+    if isinstance(detail, str):
+        body["message"] = detail  # the JS client shows body.message as the error text
+    return JSONResponse(jsonable_encoder(body), status_code=status_code, headers=out_headers)
+
+
+def job_error_response(error: dict[str, Any], request_id: str) -> JSONResponse:
+    """The result call of a failed job: the job's own status code and body."""
+    return error_response(
+        int(error.get("status_code", 500)),
+        error.get("detail", "Internal error"),
+        error.get("error_type"),
+        {"x-fal-request-id": request_id},
+    )
+
+
+def validation_detail(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """pydantic errors -> fal's detail list (JSON-safe: ctx values become strings)."""
+    out = []
+    for err in errors:
+        item: dict[str, Any] = {
+            "loc": list(err.get("loc", [])),
+            "msg": err.get("msg", ""),
+            "type": err.get("type"),
+        }
+        if "input" in err:
+            item["input"] = err["input"]
+        if err.get("ctx"):
+            item["ctx"] = {
+                k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in err["ctx"].items()
+            }
+        out.append(item)
+    return out
+
+
+async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    detail = validation_detail(list(exc.errors()))
+    return JSONResponse(jsonable_encoder({"detail": detail}), status_code=422)
+
+
+async def on_fal_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, FalError)
+    return error_response(exc.status_code, exc.detail, exc.error_type, exc.headers)
+
+
+async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    error_type = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(
+        exc.status_code, "http_error"
+    )
+    return error_response(exc.status_code, str(exc.detail), error_type, dict(exc.headers or {}))

@@ -1,0 +1,83 @@
+"""Stored files (outputs and uploads) under ``<data_dir>/files/<key>/<name>``.
+
+The key is unguessable (128 random bits): whoever holds the URL may read the file, as on fal's CDN.
+The content type is kept next to the file so it is served as it was stored.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+_KEY = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+FILES_PREFIX = "/files/"
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    key: str
+    name: str
+    path: Path
+    content_type: str
+    size: int
+
+    def url(self, base_url: str) -> str:
+        return f"{base_url.rstrip('/')}{FILES_PREFIX}{self.key}/{quote(self.name)}"
+
+
+def safe_file_name(name: str | None, default: str = "file.bin") -> str:
+    name = _SAFE_NAME.sub("_", Path(name or "").name).strip("._")
+    return name[:128] or default
+
+
+class FileStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def new_key(self) -> str:
+        return secrets.token_urlsafe(16)
+
+    def save(self, data: bytes, content_type: str | None, file_name: str | None) -> StoredFile:
+        key = self.new_key()
+        return self.save_as(key, data, content_type, file_name)
+
+    def save_as(self, key: str, data: bytes, content_type: str | None, file_name: str | None) -> StoredFile:
+        name = safe_file_name(file_name)
+        folder = self.root / key
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / name
+        tmp = folder / f".{name}.tmp"
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        ctype = content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
+        (folder / ".content-type").write_text(ctype)
+        return StoredFile(key, name, path, ctype, len(data))
+
+    def open(self, key: str, name: str) -> StoredFile | None:
+        if not _KEY.match(key):
+            return None
+        name = safe_file_name(unquote(name), default="")
+        if not name:
+            return None
+        path = self.root / key / name
+        if not path.is_file():
+            return None
+        ctype_file = self.root / key / ".content-type"
+        ctype = ctype_file.read_text() if ctype_file.exists() else "application/octet-stream"
+        return StoredFile(key, name, path, ctype, path.stat().st_size)
+
+    def resolve_url(self, url: str) -> StoredFile | None:
+        """The stored file a URL of ours points at (any origin with ``/files/<key>/<name>``)."""
+        path = urlsplit(url).path
+        if not path.startswith(FILES_PREFIX):
+            return None
+        parts = path[len(FILES_PREFIX) :].split("/")
+        if len(parts) != 2:
+            return None
+        return self.open(parts[0], parts[1])

@@ -1,0 +1,138 @@
+"""Queue semantics shared by the routes: submitting, status bodies, readiness checks.
+
+Status bodies follow fal-protocol.md §3.2: only IN_QUEUE / IN_PROGRESS / COMPLETED, ``queue_position``
+while queued, the ``logs`` key always present, failures and cancellations as COMPLETED + ``error``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from pipelines.contract import EndpointSpec
+from server.errors import FalError
+from server.store import Job, JobStore, LogEntry
+from server.urls import request_urls
+
+READY_STALE_S = 120.0
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def log_dict(entry: LogEntry) -> dict[str, Any]:
+    return {
+        "message": entry.message,
+        "level": entry.level,
+        "source": entry.source,
+        "timestamp": iso(entry.timestamp),
+    }
+
+
+def parse_priority(value: str | None) -> str:
+    if value is None or value == "":
+        return "normal"
+    if value not in ("normal", "low"):
+        raise FalError(
+            422,
+            [{"loc": ["header", "x-fal-queue-priority"], "msg": "must be 'normal' or 'low'", "type": "enum"}],
+            "validation_error",
+        )
+    return value
+
+
+def parse_start_timeout(value: str | None) -> float | None:
+    """``X-Fal-Request-Timeout``: seconds (float or int) the request may wait to start; must be > 1."""
+    if value is None or value == "":
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 1:
+        raise FalError(
+            422,
+            [
+                {
+                    "loc": ["header", "x-fal-request-timeout"],
+                    "msg": "must be a number > 1",
+                    "type": "value_error",
+                }
+            ],
+            "validation_error",
+        )
+    return seconds
+
+
+def ensure_available(spec: EndpointSpec, store: JobStore) -> None:
+    """503 unless some worker can run this endpoint (or is still loading it)."""
+    if spec.pipeline is None:
+        raise FalError(503, f"{spec.endpoint_id}: {spec.unavailable_reason}", "pipeline_unavailable")
+    now = time.time()
+    states = [s for s in store.pipeline_states() if s.endpoint == spec.endpoint_id]
+    live = [s for s in states if s.state != "failed" or now - s.updated_at < READY_STALE_S]
+    if live and all(s.state == "failed" for s in live):
+        raise FalError(503, f"{spec.endpoint_id} is unavailable: {live[0].reason}", "pipeline_unavailable")
+
+
+def submit(
+    store: JobStore,
+    spec: EndpointSpec,
+    body: BaseModel,
+    *,
+    base: str,
+    key_id: str | None,
+    priority: str | None,
+    start_timeout: str | None,
+    webhook_url: str | None,
+) -> Job:
+    ensure_available(spec, store)
+    timeout = parse_start_timeout(start_timeout)
+    now = time.time()
+    job = Job(
+        id=str(uuid.uuid4()),
+        endpoint=spec.endpoint_id,
+        input=body.model_dump(mode="json"),
+        priority=parse_priority(priority),  # type: ignore[arg-type]
+        key_id=key_id,
+        base_url=base,
+        created_at=now,
+        start_deadline=None if timeout is None else now + timeout,
+        webhook_url=webhook_url,
+    )
+    store.create(job)
+    return job
+
+
+def find_job(store: JobStore, prefix: str, request_id: str, key_id: str | None) -> Job:
+    """The job a request URL names; 404 for an unknown id, another app, or another key's job."""
+    job = store.get(request_id)
+    prefix = prefix.strip("/")
+    in_app = job is not None and prefix.count("/") >= 1 and (job.endpoint + "/").startswith(prefix + "/")
+    if job is None or not in_app or (key_id is not None and job.key_id != key_id):
+        raise FalError(404, f"Request {request_id} not found", "request_not_found")
+    return job
+
+
+def status_body(store: JobStore, job: Job, base: str, logs: list[LogEntry] | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"status": job.status, "request_id": job.id, **request_urls(base, job.app, job.id)}
+    if job.status == "IN_QUEUE":
+        body["queue_position"] = store.queue_position(job)
+    body["logs"] = None if logs is None else [log_dict(e) for e in logs]
+    body["metrics"] = job.metrics if job.status == "COMPLETED" else {}
+    if job.status == "COMPLETED" and job.error:
+        detail = job.error.get("detail")
+        code = job.error.get("status_code", 500)
+        body["error"] = detail if isinstance(detail, str) else f"Invalid status code: {code}"
+        body["error_type"] = job.error.get("error_type")
+    return body
+
+
+def want_logs(value: str | None) -> bool:
+    """``logs`` query: Python sends true/false, JS 1/0."""
+    return (value or "").lower() in ("1", "true", "yes")

@@ -1,0 +1,1 @@
+"""One router per concern: queue, run, files, ops (and storage, proxy)."""

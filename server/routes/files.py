@@ -1,0 +1,20 @@
+"""``GET /files/{key}/{name}``: outputs and uploads, served to whoever holds the URL."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse
+
+from server.errors import FalError
+from server.files import FileStore
+
+router = APIRouter(tags=["files"])
+
+
+@router.get("/files/{key}/{name}")
+def get_file(request: Request, key: str, name: str) -> FileResponse:
+    store: FileStore = request.app.state.files
+    stored = store.open(key, name)
+    if stored is None:
+        raise FalError(404, "File not found", "file_not_found")
+    return FileResponse(stored.path, media_type=stored.content_type, filename=stored.name)

@@ -1,0 +1,80 @@
+"""Synchronous run (``POST /run/{endpoint id}``, fal-protocol.md §4.1).
+
+A run is a normal job at normal priority that the request waits for; if the client goes away
+before it finishes, the job is cancelled so no GPU time is spent on an answer nobody reads.
+This module must not use ``from __future__ import annotations`` (see routes/queue.py).
+"""
+
+import asyncio
+
+from anyio import to_thread
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import JSONResponse, Response
+
+from pipelines.contract import EndpointSpec
+from server import jobs
+from server.auth import caller_key_id
+from server.errors import FalError, job_error_response
+from server.store import JobStore
+from server.urls import base_url
+
+POLL_S = 0.05
+
+
+def run_route(spec: EndpointSpec):
+    input_model = spec.input_model
+
+    async def run(
+        request: Request,
+        body: input_model,  # type: ignore[valid-type]
+        x_fal_request_timeout: str | None = Header(default=None),
+        key_id: str | None = Depends(caller_key_id),
+    ) -> Response:
+        store: JobStore = request.app.state.store
+        job = await to_thread.run_sync(
+            lambda: jobs.submit(
+                store,
+                spec,
+                body,
+                base=base_url(request),
+                key_id=key_id,
+                priority="normal",
+                start_timeout=x_fal_request_timeout,
+                webhook_url=None,
+            )
+        )
+        while True:
+            current = await to_thread.run_sync(store.get, job.id)
+            assert current is not None
+            if current.status == "COMPLETED":
+                break
+            if await request.is_disconnected():
+                await to_thread.run_sync(store.request_cancel, job.id)
+                return Response(status_code=499)
+            await asyncio.sleep(POLL_S)
+        if current.error:
+            return job_error_response(current.error, current.id)
+        return JSONResponse(current.result, headers={"x-fal-request-id": current.id})
+
+    run.__name__ = f"run_{spec.endpoint_id.replace('/', '_').replace('-', '_')}"
+    return run
+
+
+def build_router(endpoints: dict[str, EndpointSpec]) -> APIRouter:
+    router = APIRouter(prefix="/run", tags=["run"])
+    for spec in endpoints.values():
+        router.add_api_route(
+            f"/{spec.endpoint_id}",
+            run_route(spec),
+            methods=["POST"],
+            response_model=spec.output_model,
+            response_model_exclude_none=True,
+            summary=f"Run {spec.endpoint_id} and wait for the result",
+            description=spec.title,
+        )
+
+    @router.post("/{path:path}", include_in_schema=False)
+    def unknown_endpoint(path: str) -> JSONResponse:
+        raise FalError(404, f"Application '{path}' not found", "application_not_found")
+
+    return router

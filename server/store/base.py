@@ -1,0 +1,106 @@
+"""The job store contract (ARCHITECTURE.md §3): one record per request, shared by API and workers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+Status = Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
+Priority = Literal["normal", "low"]
+PRIORITY_RANK: dict[str, int] = {"normal": 0, "low": 1}
+
+CancelOutcome = Literal["CANCELLATION_REQUESTED", "ALREADY_COMPLETED", "NOT_FOUND"]
+
+
+@dataclass
+class Job:
+    id: str
+    endpoint: str
+    input: dict[str, Any]
+    status: Status = "IN_QUEUE"
+    priority: Priority = "normal"
+    key_id: str | None = None
+    base_url: str = ""
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    start_deadline: float | None = None
+    webhook_url: str | None = None
+    attempts: int = 0
+    cancel_requested: bool = False
+    worker_id: str | None = None
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None  # {status_code, detail, error_type}
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def app(self) -> str:
+        """``owner/alias``: the part of the endpoint id used in request URLs."""
+        return "/".join(self.endpoint.split("/")[:2])
+
+
+@dataclass
+class LogEntry:
+    message: str
+    level: str = "INFO"
+    source: str = "USER"
+    timestamp: float = field(default_factory=time.time)
+
+
+@dataclass
+class PipelineState:
+    endpoint: str
+    worker_id: str
+    state: Literal["loading", "ready", "failed"]
+    reason: str = ""
+    device: str = ""
+    updated_at: float = field(default_factory=time.time)
+
+
+class JobStore(Protocol):
+    """Safe for concurrent use by the API process and several worker processes."""
+
+    # -- API side
+    def create(self, job: Job) -> None: ...
+    def get(self, job_id: str) -> Job | None: ...
+    def queue_position(self, job: Job) -> int: ...
+    def request_cancel(self, job_id: str) -> CancelOutcome: ...
+    def logs(self, job_id: str, since: int = 0) -> list[LogEntry]: ...
+    def queue_depths(self) -> dict[str, int]: ...
+    def pipeline_states(self) -> list[PipelineState]: ...
+
+    # -- worker side
+    def claim_batch(
+        self,
+        endpoint: str,
+        worker_id: str,
+        key_fn: Callable[[dict[str, Any]], Hashable],
+        max_batch: int,
+        lease_s: float,
+    ) -> list[Job]: ...
+    def oldest_queued(self, endpoint: str) -> tuple[float | None, int]: ...
+    def heartbeat(self, job_ids: list[str], lease_s: float) -> None: ...
+    def append_log(self, job_id: str, entry: LogEntry) -> None: ...
+    def is_cancel_requested(self, job_ids: list[str]) -> set[str]: ...
+    def complete(
+        self,
+        job_id: str,
+        *,
+        result: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> bool: ...
+    def expire_deadlines(self, now: float | None = None) -> list[str]: ...
+    def recover_expired_leases(self, max_attempts: int, now: float | None = None) -> list[str]: ...
+    def set_pipeline_state(self, state: PipelineState) -> None: ...
+    def close(self) -> None: ...
+
+
+CANCELLED_ERROR = {"status_code": 400, "detail": "Request was cancelled", "error_type": "request_cancelled"}
+TIMEOUT_ERROR = {
+    "status_code": 504,
+    "detail": "Request timed out before it started (X-Fal-Request-Timeout)",
+    "error_type": "request_timeout",
+}

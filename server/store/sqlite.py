@@ -1,0 +1,399 @@
+"""SQLite job store: WAL mode, one connection per thread, write transactions via BEGIN IMMEDIATE.
+
+Safe for the API process and several worker processes on one host. Every state change is a
+single conditional UPDATE (``WHERE status = ...``), so a job can never be claimed twice or
+completed twice, whoever races.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from server.store.base import (
+    CANCELLED_ERROR,
+    PRIORITY_RANK,
+    TIMEOUT_ERROR,
+    CancelOutcome,
+    Job,
+    LogEntry,
+    PipelineState,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    endpoint TEXT NOT NULL,
+    input TEXT NOT NULL,
+    status TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    priority_rank INTEGER NOT NULL,
+    key_id TEXT,
+    base_url TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    start_deadline REAL,
+    webhook_url TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    worker_id TEXT,
+    lease_until REAL,
+    result TEXT,
+    error TEXT,
+    metrics TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (endpoint, status, priority_rank, created_at);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, lease_until);
+CREATE TABLE IF NOT EXISTS logs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    message TEXT NOT NULL,
+    level TEXT NOT NULL,
+    source TEXT NOT NULL,
+    timestamp REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS logs_job ON logs (job_id, seq);
+CREATE TABLE IF NOT EXISTS pipeline_states (
+    endpoint TEXT NOT NULL,
+    worker_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    device TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (endpoint, worker_id)
+);
+"""
+
+_JOB_COLUMNS = (
+    "id, endpoint, input, status, priority, key_id, base_url, created_at, started_at, finished_at, "
+    "start_deadline, webhook_url, attempts, cancel_requested, worker_id, result, error, metrics"
+)
+
+
+def _loads(value: str | None) -> Any:
+    return None if value is None else json.loads(value)
+
+
+def _row_to_job(row: sqlite3.Row) -> Job:
+    return Job(
+        id=row["id"],
+        endpoint=row["endpoint"],
+        input=json.loads(row["input"]),
+        status=row["status"],
+        priority=row["priority"],
+        key_id=row["key_id"],
+        base_url=row["base_url"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        start_deadline=row["start_deadline"],
+        webhook_url=row["webhook_url"],
+        attempts=row["attempts"],
+        cancel_requested=bool(row["cancel_requested"]),
+        worker_id=row["worker_id"],
+        result=_loads(row["result"]),
+        error=_loads(row["error"]),
+        metrics=json.loads(row["metrics"]),
+    )
+
+
+class SQLiteJobStore:
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._db().executescript(SCHEMA)
+
+    @classmethod
+    def from_url(cls, url: str) -> SQLiteJobStore:
+        if not url.startswith("sqlite:///"):
+            raise ValueError(f"unsupported store URL {url!r} (expected sqlite:///path)")
+        return cls(url.removeprefix("sqlite:///"))
+
+    # -- connection handling
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=30000")
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    # -- API side
+    def create(self, job: Job) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO jobs (id, endpoint, input, status, priority, priority_rank, key_id, base_url, "
+                "created_at, start_deadline, webhook_url, metrics) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    job.id,
+                    job.endpoint,
+                    json.dumps(job.input),
+                    job.status,
+                    job.priority,
+                    PRIORITY_RANK[job.priority],
+                    job.key_id,
+                    job.base_url,
+                    job.created_at,
+                    job.start_deadline,
+                    job.webhook_url,
+                    json.dumps(job.metrics),
+                ),
+            )
+
+    def get(self, job_id: str) -> Job | None:
+        row = self._db().execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _row_to_job(row) if row else None
+
+    def queue_position(self, job: Job) -> int:
+        rank = PRIORITY_RANK[job.priority]
+        (count,) = (
+            self._db()
+            .execute(
+                "SELECT COUNT(*) FROM jobs WHERE endpoint = ? AND status = 'IN_QUEUE' AND "
+                "(priority_rank < ? OR (priority_rank = ? AND created_at < ?))",
+                (job.endpoint, rank, rank, job.created_at),
+            )
+            .fetchone()
+        )
+        return int(count)
+
+    def request_cancel(self, job_id: str) -> CancelOutcome:
+        now = time.time()
+        with self._write() as db:
+            row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return "NOT_FOUND"
+            if row["status"] == "COMPLETED":
+                return "ALREADY_COMPLETED"
+            if row["status"] == "IN_QUEUE":
+                db.execute(
+                    "UPDATE jobs SET status = 'COMPLETED', cancel_requested = 1, error = ?, finished_at = ? "
+                    "WHERE id = ?",
+                    (json.dumps(CANCELLED_ERROR), now, job_id),
+                )
+            else:
+                db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+        return "CANCELLATION_REQUESTED"
+
+    def logs(self, job_id: str, since: int = 0) -> list[LogEntry]:
+        rows = (
+            self._db()
+            .execute(
+                "SELECT message, level, source, timestamp FROM logs WHERE job_id = ? ORDER BY seq "
+                "LIMIT -1 OFFSET ?",
+                (job_id, since),
+            )
+            .fetchall()
+        )
+        return [LogEntry(r["message"], r["level"], r["source"], r["timestamp"]) for r in rows]
+
+    def queue_depths(self) -> dict[str, int]:
+        rows = (
+            self._db()
+            .execute("SELECT endpoint, COUNT(*) AS n FROM jobs WHERE status = 'IN_QUEUE' GROUP BY endpoint")
+            .fetchall()
+        )
+        return {r["endpoint"]: int(r["n"]) for r in rows}
+
+    def pipeline_states(self) -> list[PipelineState]:
+        rows = self._db().execute("SELECT * FROM pipeline_states").fetchall()
+        return [
+            PipelineState(
+                r["endpoint"], r["worker_id"], r["state"], r["reason"], r["device"], r["updated_at"]
+            )
+            for r in rows
+        ]
+
+    def completed_stats(self) -> list[sqlite3.Row]:
+        """Per-endpoint counts of finished jobs by error type ('' = success), for /metrics."""
+        return (
+            self._db()
+            .execute(
+                "SELECT endpoint, COALESCE(json_extract(error, '$.error_type'), '') AS error_type, "
+                "COUNT(*) AS n FROM jobs WHERE status = 'COMPLETED' GROUP BY endpoint, error_type"
+            )
+            .fetchall()
+        )
+
+    # -- worker side
+    def oldest_queued(self, endpoint: str) -> tuple[float | None, int]:
+        row = (
+            self._db()
+            .execute(
+                "SELECT MIN(created_at) AS oldest, COUNT(*) AS n FROM jobs "
+                "WHERE endpoint = ? AND status = 'IN_QUEUE'",
+                (endpoint,),
+            )
+            .fetchone()
+        )
+        return row["oldest"], int(row["n"])
+
+    def claim_batch(
+        self,
+        endpoint: str,
+        worker_id: str,
+        key_fn: Callable[[dict[str, Any]], Hashable],
+        max_batch: int,
+        lease_s: float,
+    ) -> list[Job]:
+        """Claim the head of the endpoint's queue plus up to ``max_batch - 1`` jobs with its batch key.
+
+        Order is (priority, created): ``normal`` before ``low``, FIFO within.
+        """
+        now = time.time()
+        with self._write() as db:
+            rows = db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE endpoint = ? AND status = 'IN_QUEUE' "
+                "ORDER BY priority_rank, created_at LIMIT ?",
+                (endpoint, max(64, max_batch * 8)),
+            ).fetchall()
+            jobs = [_row_to_job(r) for r in rows]
+            if not jobs:
+                return []
+            head_key = key_fn(jobs[0].input)
+            chosen = [jobs[0]] + [j for j in jobs[1:] if key_fn(j.input) == head_key]
+            chosen = chosen[:max_batch]
+            for job in chosen:
+                db.execute(
+                    "UPDATE jobs SET status = 'IN_PROGRESS', started_at = ?, worker_id = ?, "
+                    "attempts = attempts + 1, lease_until = ? WHERE id = ? AND status = 'IN_QUEUE'",
+                    (now, worker_id, now + lease_s, job.id),
+                )
+                job.status, job.started_at, job.worker_id = "IN_PROGRESS", now, worker_id
+                job.attempts += 1
+        return chosen
+
+    def heartbeat(self, job_ids: list[str], lease_s: float) -> None:
+        if not job_ids:
+            return
+        marks = ",".join("?" * len(job_ids))
+        with self._write() as db:
+            db.execute(
+                f"UPDATE jobs SET lease_until = ? WHERE status = 'IN_PROGRESS' AND id IN ({marks})",
+                (time.time() + lease_s, *job_ids),
+            )
+
+    def append_log(self, job_id: str, entry: LogEntry) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO logs (job_id, message, level, source, timestamp) VALUES (?,?,?,?,?)",
+                (job_id, entry.message, entry.level, entry.source, entry.timestamp),
+            )
+
+    def is_cancel_requested(self, job_ids: list[str]) -> set[str]:
+        if not job_ids:
+            return set()
+        marks = ",".join("?" * len(job_ids))
+        rows = (
+            self._db()
+            .execute(f"SELECT id FROM jobs WHERE cancel_requested = 1 AND id IN ({marks})", job_ids)
+            .fetchall()
+        )
+        return {r["id"] for r in rows}
+
+    def complete(
+        self,
+        job_id: str,
+        *,
+        result: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> bool:
+        """Finish a running job; False when it was no longer IN_PROGRESS (e.g. re-queued meanwhile)."""
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE jobs SET status = 'COMPLETED', finished_at = ?, result = ?, error = ?, metrics = ?, "
+                "lease_until = NULL WHERE id = ? AND status = 'IN_PROGRESS'",
+                (
+                    time.time(),
+                    None if result is None else json.dumps(result),
+                    None if error is None else json.dumps(error),
+                    json.dumps(metrics or {}),
+                    job_id,
+                ),
+            )
+            return cur.rowcount == 1
+
+    def expire_deadlines(self, now: float | None = None) -> list[str]:
+        """Queued jobs whose start deadline passed complete with a timeout error."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            rows = db.execute(
+                "SELECT id FROM jobs WHERE status = 'IN_QUEUE' AND start_deadline IS NOT NULL "
+                "AND start_deadline < ?",
+                (now,),
+            ).fetchall()
+            ids = [r["id"] for r in rows]
+            for job_id in ids:
+                db.execute(
+                    "UPDATE jobs SET status = 'COMPLETED', finished_at = ?, error = ? "
+                    "WHERE id = ? AND status = 'IN_QUEUE'",
+                    (now, json.dumps(TIMEOUT_ERROR), job_id),
+                )
+        return ids
+
+    def recover_expired_leases(self, max_attempts: int, now: float | None = None) -> list[str]:
+        """Jobs of a dead worker (lease expired): re-queue if attempts remain, else fail them."""
+        now = time.time() if now is None else now
+        failed_error = {
+            "status_code": 503,
+            "detail": f"The worker running this request stopped responding {max_attempts} times; giving up",
+            "error_type": "runner_disconnected",
+        }
+        with self._write() as db:
+            rows = db.execute(
+                "SELECT id, attempts FROM jobs WHERE status = 'IN_PROGRESS' AND lease_until < ?", (now,)
+            ).fetchall()
+            for r in rows:
+                if r["attempts"] < max_attempts:
+                    db.execute(
+                        "UPDATE jobs SET status = 'IN_QUEUE', worker_id = NULL, lease_until = NULL, "
+                        "started_at = NULL WHERE id = ?",
+                        (r["id"],),
+                    )
+                else:
+                    db.execute(
+                        "UPDATE jobs SET status = 'COMPLETED', finished_at = ?, error = ?, lease_until = NULL "
+                        "WHERE id = ?",
+                        (now, json.dumps(failed_error), r["id"]),
+                    )
+        return [r["id"] for r in rows]
+
+    def set_pipeline_state(self, state: PipelineState) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO pipeline_states VALUES (?,?,?,?,?,?)",
+                (state.endpoint, state.worker_id, state.state, state.reason, state.device, state.updated_at),
+            )
+
+    def clear_pipeline_states(self, worker_id: str) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM pipeline_states WHERE worker_id = ?", (worker_id,))

@@ -1,0 +1,271 @@
+"""The worker process: loads pipelines, claims batches, runs them, writes results (ARCHITECTURE.md §5).
+
+One thread runs batches on the device; a prefetch thread claims the next batch and prepares its
+inputs (fetch + decode + CPU preprocessing) meanwhile; a heartbeat thread keeps the leases of the
+claimed jobs alive so that only a dead worker's jobs are re-queued.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from pipelines import registry
+from pipelines.contract import BatchCancelled, ItemError, Pipeline, Prepared, WeightSource
+from server.config import Settings
+from server.errors import validation_detail
+from server.files import FileStore
+from server.store import Job, JobStore, PipelineState, open_store
+from server.store.base import CANCELLED_ERROR
+from server.worker.context import BatchContext
+from server.worker.inputs import make_image_loader
+
+log = logging.getLogger("fal_onprem.worker")
+
+IDLE_SLEEP_S = 0.02
+HOUSEKEEPING_S = 1.0
+
+
+@dataclass
+class Loaded:
+    endpoint: str
+    pipeline: Pipeline
+    max_batch: int
+    max_wait_ms: int
+
+
+@dataclass
+class ClaimedBatch:
+    loaded: Loaded
+    jobs: list[Job]
+    prepared: list[Prepared | dict[str, Any]]  # a dict is the item's error
+    claimed_at: float
+
+
+def _internal_error(exc: BaseException) -> dict[str, Any]:
+    return {"status_code": 500, "detail": f"Internal error: {exc}", "error_type": "internal_server_error"}
+
+
+class Worker:
+    def __init__(self, settings: Settings, device: str = "cpu", worker_id: str | None = None) -> None:
+        self.settings = settings
+        self.device = device
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{device}"
+        self.store: JobStore = open_store(settings.resolved_store_url)
+        self.files = FileStore(settings.files_dir)
+        self.load_image = make_image_loader(settings, self.files)
+        self.loaded: dict[str, Loaded] = {}
+        self.stop_event = threading.Event()
+        self._active: list[str] = []  # ids of claimed, unfinished jobs (for heartbeats)
+        self._active_lock = threading.Lock()
+        self._prepare_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="prepare")
+        self._prefetch_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+        self._last_housekeeping = 0.0
+        self.batches_run = 0
+
+    # -- loading
+    def weight_source(self) -> WeightSource:
+        s = self.settings
+        if s.weights_source == "real":
+            return WeightSource.real(s.weights_dir)
+        return WeightSource(s.weights_source, s.seed)
+
+    def load_pipelines(self) -> None:
+        specs = [
+            spec
+            for spec in registry.endpoints().values()
+            if spec.pipeline is not None and self.settings.pipeline(spec.endpoint_id).enabled
+        ]
+        for spec in specs:
+            self._report(spec.endpoint_id, "loading")
+        for spec in specs:
+            cfg = self.settings.pipeline(spec.endpoint_id)
+            started = time.monotonic()
+            try:
+                cls = registry.pipeline_class(spec)
+                pipe = cls.load(self.weight_source(), self.device, cfg.dtype or "float32")
+            except Exception as exc:  # a pipeline that cannot load must not stop the others
+                reason = str(exc) or type(exc).__name__
+                log.warning("%s: not loaded: %s", spec.endpoint_id, reason)
+                log.debug("%s", traceback.format_exc())
+                self._report(spec.endpoint_id, "failed", reason)
+                continue
+            self.loaded[spec.endpoint_id] = Loaded(
+                spec.endpoint_id, pipe, cfg.max_batch or cls.max_batch, cfg.max_wait_ms or cls.max_wait_ms
+            )
+            self._report(spec.endpoint_id, "ready")
+            log.info(
+                "%s: ready on %s (%s weights) in %.1fs",
+                spec.endpoint_id,
+                self.device,
+                self.settings.weights_source,
+                time.monotonic() - started,
+            )
+
+    def _report(self, endpoint: str, state: str, reason: str = "") -> None:
+        self.store.set_pipeline_state(PipelineState(endpoint, self.worker_id, state, reason, self.device))  # type: ignore[arg-type]
+
+    # -- claiming
+    def _due(self, loaded: Loaded) -> bool:
+        """A batch is due when the queue holds max_batch jobs or its oldest waited max_wait_ms."""
+        oldest, count = self.store.oldest_queued(loaded.endpoint)
+        if not count or oldest is None:
+            return False
+        return count >= loaded.max_batch or (time.time() - oldest) * 1000 >= loaded.max_wait_ms
+
+    def claim_next(self) -> ClaimedBatch | None:
+        candidates = [c for c in self.loaded.values() if self._due(c)]
+        if not candidates:
+            return None
+        # Oldest head first across endpoints, so no endpoint starves another.
+        candidates.sort(key=lambda c: self.store.oldest_queued(c.endpoint)[0] or float("inf"))
+        for loaded in candidates:
+            pipe = loaded.pipeline
+
+            def key_fn(inp: dict[str, Any], pipe: Pipeline = pipe) -> Any:
+                try:
+                    return pipe.batch_key(pipe.Input.model_validate(inp))
+                except ValidationError:
+                    return ("invalid",)
+
+            jobs = self.store.claim_batch(
+                loaded.endpoint, self.worker_id, key_fn, loaded.max_batch, self.settings.job_lease_s
+            )
+            if jobs:
+                with self._active_lock:
+                    self._active.extend(j.id for j in jobs)
+                prepared = list(self._prepare_pool.map(lambda j, p=pipe: self._prepare(p, j), jobs))
+                return ClaimedBatch(loaded, jobs, prepared, time.time())
+        return None
+
+    def _prepare(self, pipe: Pipeline, job: Job) -> Prepared | dict[str, Any]:
+        try:
+            inp = pipe.Input.model_validate(job.input)
+            return pipe.prepare(inp, self.load_image)
+        except ValidationError as exc:
+            detail = [{**d, "loc": ["body", *d["loc"]]} for d in validation_detail(list(exc.errors()))]
+            return {"status_code": 422, "detail": detail, "error_type": "validation_error"}
+        except ItemError as exc:
+            return exc.to_dict()
+        except Exception as exc:
+            log.exception("prepare failed for %s", job.id)
+            return _internal_error(exc)
+
+    # -- running
+    def run_batch(self, batch: ClaimedBatch) -> None:
+        pipe = batch.loaded.pipeline
+        jobs, errors = [], {}
+        cancelled = self.store.is_cancel_requested([j.id for j in batch.jobs])
+        for job, prep in zip(batch.jobs, batch.prepared, strict=True):
+            if job.id in cancelled:
+                errors[job.id] = CANCELLED_ERROR
+            elif isinstance(prep, dict):
+                errors[job.id] = prep
+            else:
+                jobs.append((job, prep))
+        results: dict[str, Any] = {}
+        run_time = 0.0
+        if jobs:
+            started = time.monotonic()
+            results = self._run_items(pipe, [j for j, _ in jobs], [p for _, p in jobs])
+            run_time = time.monotonic() - started
+        for job in batch.jobs:
+            outcome = errors.get(job.id) or results.get(job.id)
+            metrics = {
+                "inference_time": round(run_time, 6),
+                "queue_time": round(max(0.0, (job.started_at or batch.claimed_at) - job.created_at), 6),
+                "batch_size": len(jobs),
+            }
+            if isinstance(outcome, BaseModel):
+                self.store.complete(
+                    job.id, result=outcome.model_dump(mode="json", exclude_none=True), metrics=metrics
+                )
+            else:
+                self.store.complete(
+                    job.id, error=outcome or _internal_error(RuntimeError("no result")), metrics=metrics
+                )
+        with self._active_lock:
+            done = {j.id for j in batch.jobs}
+            self._active = [i for i in self._active if i not in done]
+        self.batches_run += 1
+
+    def _run_items(self, pipe: Pipeline, jobs: list[Job], prepared: list[Prepared]) -> dict[str, Any]:
+        """Run one batch; on an unexpected exception, run its items one by one to isolate the culprit."""
+        ctx = BatchContext(self.store, self.files, jobs)
+        ctx.log(f"Running {jobs[0].endpoint} on {self.device} (batch of {len(jobs)})")
+        try:
+            outputs = pipe.run(prepared, ctx)
+        except BatchCancelled:
+            return {j.id: CANCELLED_ERROR for j in jobs}
+        except Exception as exc:
+            if len(jobs) > 1:
+                log.warning("batch of %d failed (%s); retrying items one by one", len(jobs), exc)
+                out: dict[str, Any] = {}
+                for job, prep in zip(jobs, prepared, strict=True):
+                    out.update(self._run_items(pipe, [job], [prep]))
+                return out
+            log.exception("%s failed", jobs[0].id)
+            return {jobs[0].id: _internal_error(exc)}
+        out = {}
+        for i, (job, output) in enumerate(zip(jobs, outputs, strict=True)):
+            if ctx.is_cancelled(i):
+                out[job.id] = CANCELLED_ERROR
+            elif isinstance(output, ItemError):
+                out[job.id] = output.to_dict()
+            else:
+                out[job.id] = output
+        return out
+
+    # -- housekeeping and the loop
+    def housekeeping(self) -> None:
+        now = time.monotonic()
+        if now - self._last_housekeeping < HOUSEKEEPING_S:
+            return
+        self._last_housekeeping = now
+        self.store.expire_deadlines()
+        self.store.recover_expired_leases(self.settings.max_attempts)
+        for endpoint in self.loaded:
+            self._report(endpoint, "ready")
+
+    def _heartbeat_loop(self) -> None:
+        interval = max(0.5, self.settings.job_lease_s / 3)
+        store = open_store(self.settings.resolved_store_url)
+        while not self.stop_event.wait(interval):
+            with self._active_lock:
+                active = list(self._active)
+            store.heartbeat(active, self.settings.job_lease_s)
+
+    def serve_forever(self, max_batches: int | None = None) -> None:
+        threading.Thread(target=self._heartbeat_loop, daemon=True, name="heartbeat").start()
+        pending: Future[ClaimedBatch | None] | None = None
+        try:
+            while not self.stop_event.is_set():
+                self.housekeeping()
+                batch = pending.result() if pending is not None else self.claim_next()
+                pending = None
+                if batch is None:
+                    time.sleep(IDLE_SLEEP_S)
+                    continue
+                # Prepare the next batch on CPU threads while this one runs.
+                pending = self._prefetch_pool.submit(self.claim_next)
+                self.run_batch(batch)
+                if max_batches is not None and self.batches_run >= max_batches:
+                    break
+        finally:
+            if pending is not None:
+                leftover = pending.result()
+                if leftover is not None:
+                    self.run_batch(leftover)
+            self.stop_event.set()
+
+    def stop(self) -> None:
+        self.stop_event.set()
