@@ -149,9 +149,7 @@ def test_blocked_reason_ignores_ipv6_scope() -> None:
     assert blocked_reason(ipaddress.ip_address("fe80::1%eth0")) == "link-local"
 
 
-@pytest.mark.parametrize(
-    "url", ["file:///etc/passwd", "ftp://8.8.8.8/x", "gopher://8.8.8.8/", "http:///nohost"]
-)
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://8.8.8.8/x", "gopher://8.8.8.8/", "http:///nohost"])
 def test_bad_scheme_or_url(url: str) -> None:
     with pytest.raises(InvalidUrl):
         check_url(url, DEFAULT)

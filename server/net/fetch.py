@@ -57,9 +57,7 @@ def _describe(exc: BaseException) -> str:
 async def _check(url: str | httpx.URL, policy: UrlPolicy) -> CheckedUrl:
     """check_url in a worker thread (getaddrinfo blocks), with errors mapped to FetchError."""
     try:
-        return await anyio.to_thread.run_sync(
-            functools.partial(check_url, url, policy), abandon_on_cancel=True
-        )
+        return await anyio.to_thread.run_sync(functools.partial(check_url, url, policy), abandon_on_cancel=True)
     except BlockedUrl as exc:
         raise _error(exc.reason, "url_not_allowed") from exc
     except InvalidUrl as exc:
