@@ -15,6 +15,7 @@ from server.net.ssrf import (
     check_address,
     check_url,
     parse_allow_list,
+    policy_from_settings,
     resolve_and_check,
 )
 
@@ -164,3 +165,12 @@ def test_scheme_list_is_configurable() -> None:
 def test_invalid_allow_entries_are_rejected(entry: str) -> None:
     with pytest.raises(ValueError, match="allow-list entry"):
         UrlPolicy(allow=(entry,))
+
+
+def test_policy_from_settings() -> None:
+    from server.config import Settings
+
+    settings = Settings(url_allow_list="10.0.0.0/8, minio.internal", fetch_timeout_s=7.5, max_image_bytes=1234)
+    policy = policy_from_settings(settings)
+    assert (policy.allow, policy.total_timeout, policy.max_bytes) == (("10.0.0.0/8", "minio.internal"), 7.5, 1234)
+    assert check_address("10.0.0.1", policy) is None

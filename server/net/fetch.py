@@ -17,7 +17,9 @@ import anyio
 import anyio.to_thread
 import httpx
 
-from server.net.ssrf import BlockedUrl, CheckedUrl, InvalidUrl, UrlPolicy, check_url
+from server.net.ssrf import BlockedUrl, CheckedUrl, InvalidUrl, UrlPolicy, check_url, policy_from_settings
+
+__all__ = ["FetchError", "fetch_bytes", "policy_from_settings", "post_bytes"]
 
 USER_AGENT = "fal-onprem/0.1"
 # Status code for input-URL failures: fal reports bad input files as 422 validation errors.

@@ -12,6 +12,7 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import httpx
 
@@ -179,6 +180,22 @@ class UrlPolicy:
             for net in self._networks
             if net.version == candidate.version
         )
+
+
+class FetchSettings(Protocol):
+    """The fields of server.config.Settings that shape the policy."""
+
+    url_allow_list: str
+    fetch_timeout_s: float
+    max_image_bytes: int
+
+
+def policy_from_settings(settings: FetchSettings) -> UrlPolicy:
+    return UrlPolicy(
+        allow=parse_allow_list(settings.url_allow_list),
+        total_timeout=settings.fetch_timeout_s,
+        max_bytes=settings.max_image_bytes,
+    )
 
 
 def _validate_name(raw: str, name: str) -> None:
