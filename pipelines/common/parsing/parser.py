@@ -1,0 +1,165 @@
+"""SCHP human parsing as CatVTON runs it: affine warp -> network -> upsample -> inverse warp -> argmax.
+
+The geometry follows SCHP's ``SCHP.preprocess``/``transform_logits``: the whole image box is
+centred, expanded to the network aspect and warped with ``cv2.warpAffine``; the 1/4-resolution
+fusion logits are upsampled (bilinear, ``align_corners=True``) to the network input size, warped
+back to the image per class channel (cv2, INTER_LINEAR, border 0) and argmax-ed. Images of any
+sizes share one batch, since each is warped to the fixed network input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file
+
+from pipelines.contract import Dtype, WeightSource
+from weights import locate
+
+from . import checkpoint
+from .config import NORMALIZE_MEAN, NORMALIZE_STD, Dataset, SCHPConfig, config_for
+from .network import SCHPNet
+
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def box_center_scale(width: int, height: int, aspect_ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """Centre and scale of the full-image box ``[0, 0, w-1, h-1]``, expanded to the input aspect (W/H)."""
+    box_w, box_h = float(width - 1), float(height - 1)
+    center = np.array([box_w * 0.5, box_h * 0.5], dtype=np.float32)
+    if box_w > aspect_ratio * box_h:
+        box_h = box_w / aspect_ratio
+    elif box_w < aspect_ratio * box_h:
+        box_w = box_h * aspect_ratio
+    return center, np.array([box_w, box_h], dtype=np.float32)
+
+
+def affine_matrix(
+    center: np.ndarray, scale: np.ndarray, output_hw: tuple[int, int], inverse: bool = False
+) -> np.ndarray:
+    """SCHP's ``get_affine_transform`` without rotation or shift: 2x3, image -> input (or back).
+
+    Built from three float32 point pairs through ``cv2.getAffineTransform``, as the original, so the
+    matrix is bit-identical and the warps match pixel for pixel.
+    """
+    dst_h, dst_w = output_hw
+    src = np.zeros((3, 2), dtype=np.float32)
+    dst = np.zeros((3, 2), dtype=np.float32)
+    src[0] = center
+    src[1] = center + np.array([0.0, scale[0] * -0.5], dtype=np.float32)
+    dst[0] = [(dst_w - 1) * 0.5, (dst_h - 1) * 0.5]
+    dst[1] = dst[0] + np.array([0.0, (dst_w - 1) * -0.5], dtype=np.float32)
+    for pts in (src, dst):  # third point: the first direction turned by 90 degrees
+        direction = pts[0] - pts[1]
+        pts[2] = pts[1] + np.array([-direction[1], direction[0]], dtype=np.float32)
+    return cv2.getAffineTransform(dst, src) if inverse else cv2.getAffineTransform(src, dst)
+
+
+@dataclass(frozen=True)
+class ParserInput:
+    """One image warped to the network input (uint8 HxWx3, RGB as given) and the way back."""
+
+    warped: np.ndarray
+    width: int
+    height: int
+    to_input: np.ndarray  # 2x3 affine, image -> network input
+    to_image: np.ndarray  # 2x3 affine, network input -> image
+
+
+def prepare_input(image: Image.Image | np.ndarray, cfg: SCHPConfig) -> ParserInput:
+    """CPU preprocessing. ``image`` is RGB (PIL or HxWx3 uint8): the channel order is fed unchanged
+    into BGR-ordered statistics, as CatVTON does."""
+    rgb = np.ascontiguousarray(np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image))
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected an HxWx3 uint8 image, got {rgb.shape} {rgb.dtype}")
+    height, width = rgb.shape[:2]
+    in_h, in_w = cfg.input_size
+    center, scale = box_center_scale(width, height, in_w / in_h)
+    to_input = affine_matrix(center, scale, cfg.input_size)
+    warped = cv2.warpAffine(
+        rgb,
+        to_input,
+        (in_w, in_h),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(0, 0, 0),
+    )
+    to_image = affine_matrix(center, scale, cfg.input_size, inverse=True)
+    return ParserInput(warped, width, height, to_input, to_image)
+
+
+def normalize(warped: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC -> float32 NCHW: ``ToTensor`` (/255) then ``Normalize`` with the BGR statistics."""
+    x = warped.permute(0, 3, 1, 2).to(torch.float32).div(255)
+    mean = torch.tensor(NORMALIZE_MEAN, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(NORMALIZE_STD, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    return x.sub(mean).div(std)
+
+
+def labels_in_image(upsampled: np.ndarray, inp: ParserInput) -> np.ndarray:
+    """Input-size logits (C,H,W float32) -> uint8 label map in image space (inverse warp, argmax)."""
+    warped = [
+        cv2.warpAffine(
+            channel,
+            inp.to_image,
+            (inp.width, inp.height),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0,
+        )
+        for channel in upsampled
+    ]
+    # Outside the warped area every channel is 0 and argmax keeps the first: Background.
+    return np.argmax(np.stack(warped, axis=2), axis=2).astype(np.uint8)
+
+
+class HumanParser:
+    """One SCHP parser (LIP or ATR) on a device. Call it with a list of RGB images."""
+
+    def __init__(self, net: SCHPNet, device: str | torch.device, dtype: Dtype = "float32") -> None:
+        self.config = net.cfg
+        self.device = torch.device(device)
+        self.dtype = TORCH_DTYPES[dtype]
+        self.net = net.eval().to(self.device, self.dtype)
+
+    @classmethod
+    def load(cls, dataset: Dataset, source: WeightSource, device: str = "cpu", dtype: Dtype = "float32") -> HumanParser:
+        """Build the parser from a WeightSource: converted safetensors (real) or recipe weights."""
+        cfg = config_for(dataset, tiny=source.kind == "tiny")
+        if source.kind == "real":
+            path = locate(checkpoint.MANIFEST_PIPELINE, dataset, source.weights_dir)  # or MissingWeights
+            state = load_file(str(path))
+            with torch.device("meta"):
+                net = SCHPNet(cfg)
+        else:
+            net = SCHPNet(cfg)
+            tag = checkpoint.recipe_tag(dataset, source.kind == "tiny", source.seed)
+            state = checkpoint.strip_prefix(checkpoint.random_checkpoint(net, tag))
+        checkpoint.load_strict(net, state)
+        return cls(net, device, dtype)
+
+    def prepare(self, image: Image.Image | np.ndarray) -> ParserInput:
+        return prepare_input(image, self.config)
+
+    @torch.inference_mode()
+    def upsampled_logits(self, inputs: Sequence[ParserInput]) -> torch.Tensor:
+        """Network logits upsampled to the input size, float32 on the device, one row per input."""
+        warped = torch.from_numpy(np.stack([inp.warped for inp in inputs])).to(self.device)
+        logits = self.net(normalize(warped).to(self.dtype)).float()
+        return F.interpolate(logits, size=self.config.input_size, mode="bilinear", align_corners=True)
+
+    def parse(self, inputs: Sequence[ParserInput]) -> list[np.ndarray]:
+        """Label maps (uint8 HxW, image space) of prepared inputs, run as one batch."""
+        if not inputs:
+            return []
+        upsampled = self.upsampled_logits(inputs).cpu().numpy()
+        return [labels_in_image(logits, inp) for logits, inp in zip(upsampled, inputs, strict=True)]
+
+    def __call__(self, images: Sequence[Image.Image | np.ndarray]) -> list[np.ndarray]:
+        return self.parse([self.prepare(image) for image in images])
