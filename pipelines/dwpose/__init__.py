@@ -11,7 +11,6 @@ ENDPOINT = EndpointSpec(
     endpoint_id="fal-ai/dwpose",
     input_model=DWPoseInput,
     output_model=DWPoseOutput,
-    pipeline=None,
-    unavailable_reason="this pipeline is not implemented yet in this build of fal-onprem",
+    pipeline="pipelines.dwpose.pipeline:DWPosePipeline",
     title="DWPose whole-body pose image",
 )

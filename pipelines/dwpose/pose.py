@@ -69,9 +69,7 @@ def crop(image: np.ndarray, box: np.ndarray) -> Crop:
     """Affine crop of one person (1.25x box, aspect fixed), normalised, CHW float32."""
     center, scale = center_scale(box)
     scale = fix_aspect(scale)
-    patch = cv2.warpAffine(
-        image, warp_matrix(center, scale), (POSE_INPUT_W, POSE_INPUT_H), flags=cv2.INTER_LINEAR
-    )
+    patch = cv2.warpAffine(image, warp_matrix(center, scale), (POSE_INPUT_W, POSE_INPUT_H), flags=cv2.INTER_LINEAR)
     normalised = (patch - MEAN) / STD
     return Crop(np.ascontiguousarray(normalised.transpose(2, 0, 1), dtype=np.float32), center, scale)
 
