@@ -266,6 +266,16 @@ def test_connection_is_pinned_to_the_checked_address(serve, fake_dns) -> None:
     assert fake_dns.calls["rebind.test"] == 1
 
 
+def test_next_checked_address_is_tried_when_refused(serve, fake_dns) -> None:
+    server = serve("127.0.0.1")
+    fake_dns["multi.test"] = [["127.0.0.3", "127.0.0.1"]]  # nothing listens on 127.0.0.3
+    body, _ = _fetch(f"http://multi.test:{server.port}/image.png", UrlPolicy(allow=("127.0.0.0/8",)))
+    assert body == PNG_BYTES
+    fake_dns["half.test"] = [["127.0.0.1", "10.0.0.1"]]  # a fallback is never an unchecked address
+    error = _fetch_error(f"http://half.test:{server.port}/image.png", UrlPolicy(allow=("127.0.0.0/8",)))
+    assert error.error_type == "url_not_allowed"
+
+
 def _tls_material(tmp_path: Path, name: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """A throwaway CA and a server certificate for `name` only (no IP SAN). Returns (server, client)."""
     x509 = pytest.importorskip("cryptography.x509")

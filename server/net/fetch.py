@@ -52,6 +52,12 @@ def _error(message: str, error_type: str) -> FetchError:
     return FetchError(INPUT_ERROR_STATUS, message, error_type)
 
 
+def _short(url: object, limit: int = 200) -> str:
+    """URLs in messages are cut: they end up in job results and logs (and may carry signed tokens)."""
+    text = str(url)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
@@ -65,51 +71,63 @@ async def _check(url: str | httpx.URL, policy: UrlPolicy) -> CheckedUrl:
     except InvalidUrl as exc:
         raise _error(str(exc), "invalid_url") from exc
     except (OSError, UnicodeError) as exc:
-        raise _error(f"could not resolve host of {url}: {exc}", "file_download_error") from exc
+        raise _error(f"could not resolve host of {_short(url)}: {exc}", "file_download_error") from exc
+
+
+@functools.cache
+def _default_ssl_context() -> ssl.SSLContext:
+    return httpx.create_ssl_context(trust_env=True)  # certifi, or SSL_CERT_FILE / SSL_CERT_DIR when set
 
 
 def _client(policy: UrlPolicy, verify: ssl.SSLContext | None) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         trust_env=False,
-        verify=verify if verify is not None else httpx.create_ssl_context(trust_env=True),
+        verify=verify if verify is not None else _default_ssl_context(),
         follow_redirects=False,
         timeout=httpx.Timeout(policy.total_timeout, connect=policy.connect_timeout),
         headers={"User-Agent": USER_AGENT},
     )
 
 
-def _pinned_request(
+async def _send_pinned(
     client: httpx.AsyncClient,
     method: str,
     target: CheckedUrl,
     headers: Mapping[str, str] | None,
     content: bytes | None = None,
-) -> httpx.Request:
-    address = target.addresses[0]
+) -> httpx.Response:
+    """Send to the checked addresses in resolver order (next one only when a connection is refused)."""
     request_headers = httpx.Headers(headers)
     request_headers["Host"] = target.url.netloc.decode("ascii")
     extensions = {}
     if target.url.scheme == "https" and not target.is_ip_literal:
         extensions["sni_hostname"] = target.host  # SNI + certificate hostname check use the real name
-    return client.build_request(
-        method,
-        target.url.copy_with(host=str(address)),
-        headers=request_headers,
-        content=content,
-        extensions=extensions,
-    )
+    for index, address in enumerate(target.addresses):
+        request = client.build_request(
+            method,
+            target.url.copy_with(host=str(address)),
+            headers=request_headers,
+            content=content,
+            extensions=extensions,
+        )
+        try:
+            return await client.send(request, stream=True)
+        except httpx.ConnectError:
+            if index == len(target.addresses) - 1:
+                raise
+    raise AssertionError("CheckedUrl has no addresses")
 
 
 async def _read_capped(response: httpx.Response, url: str, max_bytes: int) -> bytes:
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
-        raise _error(f"{url} is {int(declared)} bytes, more than the limit of {max_bytes}", "file_too_large")
+        raise _error(f"{_short(url)} is {int(declared)} bytes, more than the limit of {max_bytes}", "file_too_large")
     chunks: list[bytes] = []
     total = 0
     async for chunk in response.aiter_bytes():
         total += len(chunk)
         if total > max_bytes:
-            raise _error(f"{url} is larger than the limit of {max_bytes} bytes", "file_too_large")
+            raise _error(f"{_short(url)} is larger than the limit of {max_bytes} bytes", "file_too_large")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -137,9 +155,9 @@ async def fetch_bytes(
         with anyio.fail_after(policy.total_timeout):
             return await _fetch(url, policy, limit, headers, verify)
     except (TimeoutError, httpx.TimeoutException) as exc:
-        raise _error(f"downloading {url} timed out", "file_download_timeout") from exc
+        raise _error(f"downloading {_short(url)} timed out", "file_download_timeout") from exc
     except httpx.HTTPError as exc:
-        raise _error(f"could not download {url}: {_describe(exc)}", "file_download_error") from exc
+        raise _error(f"could not download {_short(url)}: {_describe(exc)}", "file_download_error") from exc
 
 
 async def _fetch(
@@ -153,7 +171,7 @@ async def _fetch(
     async with _client(policy, verify) as client:
         for _hop in range(policy.max_redirects + 1):
             target = await _check(current, policy)
-            response = await client.send(_pinned_request(client, "GET", target, headers), stream=True)
+            response = await _send_pinned(client, "GET", target, headers)
             try:
                 location = response.headers.get("location")
                 if response.is_redirect and location:
@@ -161,13 +179,13 @@ async def _fetch(
                     continue
                 if response.status_code >= 400:
                     raise _error(
-                        f"downloading {url} failed: HTTP {response.status_code} from {target.url.host}",
+                        f"downloading {_short(url)} failed: HTTP {response.status_code} from {target.url.host}",
                         "file_download_error",
                     )
                 return await _read_capped(response, url, max_bytes), _media_type(response)
             finally:
                 await response.aclose()
-    message = f"downloading {url} failed: more than {policy.max_redirects} redirects"
+    message = f"downloading {_short(url)} failed: more than {policy.max_redirects} redirects"
     raise _error(message, "file_download_error")
 
 
@@ -187,11 +205,10 @@ async def post_bytes(
         with anyio.fail_after(policy.total_timeout):
             target = await _check(url, policy)
             async with _client(policy, verify) as client:
-                request = _pinned_request(client, "POST", target, headers, content)
-                response = await client.send(request, stream=True)
+                response = await _send_pinned(client, "POST", target, headers, content)
                 await response.aclose()  # the receiver's body is not needed (and not size-limited)
                 return response.status_code
     except (TimeoutError, httpx.TimeoutException) as exc:
-        raise _error(f"POST to {url} timed out", "file_download_timeout") from exc
+        raise _error(f"POST to {_short(url)} timed out", "file_download_timeout") from exc
     except httpx.HTTPError as exc:
-        raise _error(f"POST to {url} failed: {_describe(exc)}", "file_download_error") from exc
+        raise _error(f"POST to {_short(url)} failed: {_describe(exc)}", "file_download_error") from exc
