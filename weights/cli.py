@@ -28,9 +28,7 @@ def _pipelines(names: Sequence[str] | None) -> list[str]:
 def _print_report(report: Report, verb: str) -> int:
     for name, msg in report.errors.items():
         print(f"error: {name}: {msg}", file=sys.stderr)
-    print(
-        f"{verb}: {len(report.done)} done, {len(report.skipped)} already present, {len(report.errors)} failed"
-    )
+    print(f"{verb}: {len(report.done)} done, {len(report.skipped)} already present, {len(report.errors)} failed")
     for why in report.failures.values():
         print(f"not ready: {why}", file=sys.stderr)
     return 0 if report.ok else 1
@@ -96,9 +94,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    report = import_dir(
-        args.source, _pipelines(args.pipelines), root=args.weights_dir, convert=not args.no_convert
-    )
+    report = import_dir(args.source, _pipelines(args.pipelines), root=args.weights_dir, convert=not args.no_convert)
     return _print_report(report, "import")
 
 
@@ -134,18 +130,14 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         help="weights folder (default: $FAL_ONPREM_WEIGHTS_DIR or ./weights)",
     )
 
-    p = subparsers.add_parser(
-        "list", parents=[common], help="files per pipeline: ready / unconverted / missing"
-    )
+    p = subparsers.add_parser("list", parents=[common], help="files per pipeline: ready / unconverted / missing")
     p.add_argument("--pipeline", action="append", help="only this pipeline (repeatable)")
     p.add_argument("--summary", action="store_true", help="per-pipeline disk and GPU-memory needs, licences")
     p.add_argument("--markdown", action="store_true", help="with --summary: a markdown table")
     p.add_argument("--json", action="store_true", help="machine-readable listing")
     p.set_defaults(weights_func=cmd_list)
 
-    p = subparsers.add_parser(
-        "pull", parents=[common], help="download (resumable) and convert missing weights"
-    )
+    p = subparsers.add_parser("pull", parents=[common], help="download (resumable) and convert missing weights")
     p.add_argument("pipelines", nargs="*", help="pipelines (default: all)")
     p.add_argument("--no-convert", action="store_true", help="download only")
     p.add_argument("--hf-cache", action="store_true", help="download into the Hugging Face cache instead")
@@ -162,9 +154,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="redo conversions that exist")
     p.set_defaults(weights_func=cmd_convert)
 
-    p = subparsers.add_parser(
-        "import", parents=[common], help="copy weights from a folder (air-gapped installs)"
-    )
+    p = subparsers.add_parser("import", parents=[common], help="copy weights from a folder (air-gapped installs)")
     p.add_argument("source", type=Path, help="a weights dir, a Hugging Face cache, or a flat folder of files")
     p.add_argument("pipelines", nargs="*", help="pipelines (default: all)")
     p.add_argument("--no-convert", action="store_true", help="copy only")

@@ -236,8 +236,7 @@ def download(f: WeightFile, root: Path, *, token: str | bool | None = None, hf_c
         raise
     except GatedRepoError as e:
         raise WeightsError(
-            f"{f.repo_id} is gated: accept its terms on the Hub, then set HF_TOKEN "
-            f"or run `hf auth login` ({e})"
+            f"{f.repo_id} is gated: accept its terms on the Hub, then set HF_TOKEN or run `hf auth login` ({e})"
         ) from e
     except RepositoryNotFoundError as e:
         raise WeightsError(f"{f.repo_id} not found or private (set HF_TOKEN if it is private): {e}") from e
@@ -250,9 +249,7 @@ def download(f: WeightFile, root: Path, *, token: str | bool | None = None, hf_c
 # ----------------------------------------------------------------------------------------- conversion
 
 
-def convert_files(
-    files: Iterable[WeightFile], root: Path, *, force: bool = False, say: Say = _stderr
-) -> Report:
+def convert_files(files: Iterable[WeightFile], root: Path, *, force: bool = False, say: Say = _stderr) -> Report:
     """Run the pending conversions of the files that are present."""
     from weights.convert import run_conversion
 
@@ -278,10 +275,11 @@ def convert_files(
     return report
 
 
-def _finish(report: Report, pipelines: Iterable[str], root: Path) -> Report:
+def _finish(report: Report, pipelines: Iterable[str], root: Path, *, converted: bool = True) -> Report:
+    """Record the pipelines still not ready (with ``converted=False``, only missing files count)."""
     for p in pipelines:
         error = missing_weights(p, root)
-        if error is not None:
+        if error is not None and (converted or error.missing):
             report.failures[p] = str(error)
     return report
 
@@ -315,7 +313,7 @@ def pull(
         conv = convert_files(files, root, say=say)
         report.done += conv.done
         report.errors.update(conv.errors)
-    return _finish(report, pipelines, root)
+    return _finish(report, pipelines, root, converted=convert)
 
 
 # ---------------------------------------------------------------------------------------------- import
@@ -393,7 +391,7 @@ def import_dir(
         conv = convert_files(files, root, say=say)
         report.done += conv.done
         report.errors.update(conv.errors)
-    return _finish(report, pipelines, root)
+    return _finish(report, pipelines, root, converted=convert)
 
 
 # ---------------------------------------------------------------------------------------------- verify
