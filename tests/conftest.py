@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.support.server_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:

@@ -1,0 +1,53 @@
+"""Fixtures and helpers for tests that need a live server (a pytest plugin named in conftest.py)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.support.live_server import LiveServer
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One ``serve --tiny`` (with the test/echo pipeline) shared by a test module."""
+    server = LiveServer(tmp_path_factory.mktemp("server"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def png_data_uri(color: tuple[int, int, int] = (200, 100, 50), size: tuple[int, int] = (48, 40)) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def wait_status(url: str, status: str, timeout: float = 30.0) -> dict:
+    """Poll a status URL until it reports ``status`` (bounded)."""
+    deadline = time.monotonic() + timeout
+    body: dict = {}
+    while time.monotonic() < deadline:
+        body = httpx.get(url, params={"logs": "1"}, timeout=10).json()
+        if body.get("status") == status:
+            return body
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} never reached {status}: {body}")
+
+
+def wait_completed(status_url: str, timeout: float = 60.0) -> dict:
+    return wait_status(status_url, "COMPLETED", timeout)
+
+
+def fetch_bytes(url: str) -> bytes:
+    if url.startswith("data:"):
+        return base64.b64decode(url.split(",", 1)[1])
+    r = httpx.get(url, timeout=10)
+    r.raise_for_status()
+    return r.content

@@ -1,0 +1,150 @@
+"""The SQLite job store: queue order, batch claiming, cancel, deadlines, lease recovery, persistence."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import pytest
+
+from server.store import Job, LogEntry, SQLiteJobStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SQLiteJobStore:
+    return SQLiteJobStore(tmp_path / "jobs.sqlite")
+
+
+def make(store: SQLiteJobStore, n: int, *, priority: str = "normal", key: int = 0, t0: float = 1000.0) -> list[Job]:
+    jobs = []
+    for i in range(n):
+        job = Job(id=f"{priority}-{key}-{i}-{t0}", endpoint="a/b", input={"k": key}, priority=priority,  # type: ignore[arg-type]
+                  created_at=t0 + i)  # fmt: skip
+        store.create(job)
+        jobs.append(job)
+    return jobs
+
+
+def by_key(inp: dict) -> int:
+    return inp["k"]
+
+
+def test_normal_priority_before_low_and_fifo_within(store: SQLiteJobStore) -> None:
+    low = make(store, 2, priority="low", t0=100.0)
+    normal = make(store, 2, priority="normal", t0=200.0)
+    assert store.queue_position(normal[0]) == 0
+    assert store.queue_position(normal[1]) == 1
+    assert store.queue_position(low[0]) == 2
+    order = [store.claim_batch("a/b", "w", by_key, 1, 30)[0].id for _ in range(4)]
+    assert order == [normal[0].id, normal[1].id, low[0].id, low[1].id]
+    assert store.claim_batch("a/b", "w", by_key, 1, 30) == []
+
+
+def test_batch_claims_only_the_head_key_up_to_max_batch(store: SQLiteJobStore) -> None:
+    a = make(store, 3, key=1, t0=10.0)
+    b = make(store, 2, key=2, t0=20.0)
+    first = store.claim_batch("a/b", "w", by_key, 2, 30)
+    assert [j.id for j in first] == [a[0].id, a[1].id]
+    second = store.claim_batch("a/b", "w", by_key, 8, 30)
+    assert [j.id for j in second] == [a[2].id]
+    third = store.claim_batch("a/b", "w", by_key, 8, 30)
+    assert sorted(j.id for j in third) == sorted(j.id for j in b)
+    assert all(store.get(j.id).status == "IN_PROGRESS" for j in a + b)
+
+
+def test_cancel_queued_is_immediate_running_is_requested_completed_is_refused(store: SQLiteJobStore) -> None:
+    queued, running = make(store, 2)
+    assert store.claim_batch("a/b", "w", by_key, 1, 30)[0].id == queued.id
+    # `queued` is now running; make a fresh queued job
+    (fresh,) = make(store, 1, t0=5000.0)
+    assert store.request_cancel(fresh.id) == "CANCELLATION_REQUESTED"
+    got = store.get(fresh.id)
+    assert got.status == "COMPLETED" and got.error["error_type"] == "request_cancelled"
+    assert store.request_cancel(queued.id) == "CANCELLATION_REQUESTED"
+    assert store.get(queued.id).status == "IN_PROGRESS"
+    assert store.is_cancel_requested([queued.id, running.id]) == {queued.id}
+    assert store.request_cancel(fresh.id) == "ALREADY_COMPLETED"
+    assert store.request_cancel("nope") == "NOT_FOUND"
+
+
+def test_complete_only_once(store: SQLiteJobStore) -> None:
+    (job,) = make(store, 1)
+    assert not store.complete(job.id, result={"x": 1})  # not claimed yet
+    store.claim_batch("a/b", "w", by_key, 1, 30)
+    assert store.complete(job.id, result={"x": 1}, metrics={"batch_size": 1})
+    assert not store.complete(job.id, result={"x": 2})
+    got = store.get(job.id)
+    assert got.result == {"x": 1} and got.metrics == {"batch_size": 1}
+
+
+def test_start_deadline_expires_queued_jobs(store: SQLiteJobStore) -> None:
+    job = Job(id="d", endpoint="a/b", input={"k": 0}, start_deadline=time.time() - 1)
+    keep = Job(id="k", endpoint="a/b", input={"k": 0}, start_deadline=time.time() + 60)
+    store.create(job)
+    store.create(keep)
+    assert store.expire_deadlines() == ["d"]
+    assert store.get("d").error["error_type"] == "request_timeout"
+    assert store.get("k").status == "IN_QUEUE"
+
+
+def test_expired_lease_requeues_once_then_fails(store: SQLiteJobStore) -> None:
+    (job,) = make(store, 1)
+    store.claim_batch("a/b", "w1", by_key, 1, lease_s=-1)  # lease already expired: the worker "died"
+    assert store.recover_expired_leases(max_attempts=2) == [job.id]
+    assert store.get(job.id).status == "IN_QUEUE"
+    store.claim_batch("a/b", "w2", by_key, 1, lease_s=-1)
+    store.recover_expired_leases(max_attempts=2)
+    got = store.get(job.id)
+    assert got.status == "COMPLETED" and got.error["error_type"] == "runner_disconnected"
+    assert got.attempts == 2
+
+
+def test_heartbeat_keeps_lease(store: SQLiteJobStore) -> None:
+    (job,) = make(store, 1)
+    store.claim_batch("a/b", "w", by_key, 1, lease_s=0.2)
+    store.heartbeat([job.id], lease_s=60)
+    time.sleep(0.3)
+    assert store.recover_expired_leases(max_attempts=2) == []
+
+
+def test_logs_in_order_and_incremental(store: SQLiteJobStore) -> None:
+    (job,) = make(store, 1)
+    for i in range(5):
+        store.append_log(job.id, LogEntry(f"line {i}"))
+    assert [e.message for e in store.logs(job.id)] == [f"line {i}" for i in range(5)]
+    assert [e.message for e in store.logs(job.id, since=3)] == ["line 3", "line 4"]
+
+
+def test_jobs_survive_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite"
+    store = SQLiteJobStore(path)
+    make(store, 3)
+    store.close()
+    again = SQLiteJobStore(path)
+    assert again.queue_depths() == {"a/b": 3}
+
+
+def _claim_all(path: str, worker: str, out: mp.Queue) -> None:
+    store = SQLiteJobStore(path)
+    claimed = []
+    while batch := store.claim_batch("a/b", worker, by_key, 3, 30):
+        claimed += [j.id for j in batch]
+    out.put(claimed)
+
+
+def test_concurrent_workers_never_claim_a_job_twice(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite"
+    store = SQLiteJobStore(path)
+    ids = {j.id for j in make(store, 120)}
+    ctx = mp.get_context("spawn")
+    out: mp.Queue = ctx.Queue()
+    procs = [ctx.Process(target=_claim_all, args=(str(path), f"w{i}", out)) for i in range(3)]
+    for p in procs:
+        p.start()
+    claimed = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    flat = [i for c in claimed for i in c]
+    assert len(flat) == len(set(flat)) == len(ids)
+    assert set(flat) == ids
