@@ -63,19 +63,24 @@ def test_s2_letterbox(golden):
 def test_s2_standin_detector_output(golden, dw_dir):
     import onnxruntime as ort
 
-    session = ort.InferenceSession(
-        str(dw_dir / "tiny_standin_yolox_l.onnx"), providers=["CPUExecutionProvider"]
-    )
-    out = session.run(
-        None, {session.get_inputs()[0].name: golden["s2.det_input_as_uint8"].astype(np.float32)}
-    )
+    session = ort.InferenceSession(str(dw_dir / "tiny_standin_yolox_l.onnx"), providers=["CPUExecutionProvider"])
+    out = session.run(None, {session.get_inputs()[0].name: golden["s2.det_input_as_uint8"].astype(np.float32)})
     np.testing.assert_allclose(out[0], golden["s2.det_raw_output"], atol=1e-4)
 
 
 def test_s3_person_boxes(golden, golden_meta):
     boxes = detector.person_boxes(golden["s2.det_raw_output"][0], golden_meta["ratio"])
-    np.testing.assert_allclose(boxes, golden["s3.person_boxes_xyxy"], atol=1e-4)
+    np.testing.assert_array_equal(boxes.astype(np.float32), golden["s3.person_boxes_xyxy"])  # bit-exact
     np.testing.assert_allclose(boxes, golden_meta["boxes"], atol=1e-4)
+
+
+def test_s3_decoding_a_class_subset_equals_the_full_decode(golden, golden_meta):
+    raw = golden["s2.det_raw_output"][0]
+    boxes_all, scores_all = detector.decode(raw, golden_meta["ratio"])
+    boxes_person, scores_person = detector.decode(raw, golden_meta["ratio"], slice(0, 1))
+    assert scores_all.shape == (8400, 80)
+    np.testing.assert_array_equal(boxes_all, boxes_person)
+    np.testing.assert_array_equal(scores_all[:, :1], scores_person)
 
 
 def test_s3_nms_keeps_best_of_overlapping_and_disjoint_boxes():
@@ -93,7 +98,7 @@ def test_s3_no_confident_person_gives_no_box():
 
 def test_s4_crops(golden):
     crops = [pose.crop(golden["s1.padded_rgb_uint8"], box) for box in golden["s3.person_boxes_xyxy"]]
-    np.testing.assert_allclose(np.stack([c.input for c in crops]), golden["s4.pose_input_f32"], atol=1e-4)
+    np.testing.assert_array_equal(np.stack([c.input for c in crops]), golden["s4.pose_input_f32"])  # bit-exact
     np.testing.assert_allclose(np.stack([c.center for c in crops]), golden["s4.centers"], atol=1e-4)
     np.testing.assert_allclose(np.stack([c.scale for c in crops]), golden["s4.scales"], atol=1e-4)
 
@@ -111,10 +116,7 @@ def test_s4_standin_pose_output(golden, dw_dir):
 def test_s5_simcc_decode_to_image(golden):
     locs, scores = pose.simcc_decode(golden["s4.simcc_x"], golden["s4.simcc_y"])
     keypoints = np.stack(
-        [
-            pose.to_image(loc, c, s)
-            for loc, c, s in zip(locs, golden["s4.centers"], golden["s4.scales"], strict=True)
-        ]
+        [pose.to_image(loc, c, s) for loc, c, s in zip(locs, golden["s4.centers"], golden["s4.scales"], strict=True)]
     )
     np.testing.assert_allclose(keypoints, golden["s5.keypoints133_xy"], atol=1e-4)
     np.testing.assert_allclose(scores, golden["s5.scores133"], atol=1e-4)
@@ -157,9 +159,7 @@ def test_s7_other_modes_draw_only_their_parts(golden):
     drawn = {mode: canvas.any(axis=2) for mode, canvas in canvases.items()}
     for mode in ("body-pose", "face-pose", "hand-pose"):
         assert drawn[mode].any(), mode
-    np.testing.assert_array_equal(
-        drawn["full-pose"], drawn["body-pose"] | drawn["face-pose"] | drawn["hand-pose"]
-    )
+    np.testing.assert_array_equal(drawn["full-pose"], drawn["body-pose"] | drawn["face-pose"] | drawn["hand-pose"])
     face_colors = np.unique(canvases["face-pose"].reshape(-1, 3), axis=0)
     np.testing.assert_array_equal(face_colors, [[0, 0, 0], [255, 255, 255]])
     face_mask, hand_mask, both = canvases["face-mask"], canvases["hand-mask"], canvases["face-hand-mask"]

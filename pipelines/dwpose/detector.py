@@ -33,18 +33,22 @@ def anchor_grid(size: int = DET_INPUT_SIZE) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(grids), np.concatenate(strides)
 
 
-def decode(raw: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray]:
-    """Raw ``[A, 85]`` -> (xyxy boxes in the padded image ``[A, 4]`` float32, scores ``[A, 80]``)."""
+def decode(raw: np.ndarray, ratio: float, classes: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+    """Raw ``[A, 85]`` -> (xyxy boxes in the padded image ``[A, 4]`` float32, scores ``[A, C]`` float32).
+
+    ``classes`` selects the class columns scored (all 80 by default); the arithmetic is per element, so a
+    subset gives the same values as the full computation.
+    """
     grid, stride = anchor_grid()
     if raw.shape != (grid.shape[0], 85):
         raise ValueError(f"detector output has shape {raw.shape}, expected {(grid.shape[0], 85)}")
-    pred = np.array(raw, dtype=np.float32)
+    pred = np.array(raw[:, :4], dtype=np.float32)
     pred[:, :2] = (pred[:, :2] + grid) * stride
     pred[:, 2:4] = np.exp(pred[:, 2:4]) * stride
     cx, cy, w, h = pred[:, 0], pred[:, 1], pred[:, 2], pred[:, 3]
     boxes = np.stack([cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0], axis=1)
     boxes /= ratio
-    return boxes, pred[:, 4:5] * pred[:, 5:]
+    return boxes, raw[:, 4:5].astype(np.float32) * raw[:, 5:][:, classes].astype(np.float32)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_thr: float = NMS_IOU) -> list[int]:
@@ -70,8 +74,8 @@ def person_boxes(raw: np.ndarray, ratio: float) -> np.ndarray:
     fal runs class-aware NMS over all 80 classes and then keeps class 0 with score > 0.3. NMS never
     mixes classes, so running it on class 0 alone gives the same boxes in the same order.
     """
-    boxes, scores = decode(raw, ratio)
-    person = scores[:, PERSON_CLASS]
+    boxes, scores = decode(raw, ratio, slice(PERSON_CLASS, PERSON_CLASS + 1))
+    person = scores[:, 0]
     candidates = person > SCORE_THR
     if not candidates.any():
         return np.zeros((0, 4), dtype=np.float64)

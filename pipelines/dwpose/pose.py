@@ -65,13 +65,24 @@ def warp_matrix(center: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return cv2.getAffineTransform(src, dst)
 
 
+def _normalise_table() -> np.ndarray:
+    """(3, 256) float32: ``(v - mean) / std`` per channel, computed in float64 like fal's code, so a table
+    lookup gives its normalised crop bit for bit (and several times faster than the float64 arithmetic)."""
+    return ((np.arange(256, dtype=np.float64)[None, :] - MEAN[:, None]) / STD[:, None]).astype(np.float32)
+
+
+NORMALISE = _normalise_table()
+
+
 def crop(image: np.ndarray, box: np.ndarray) -> Crop:
     """Affine crop of one person (1.25x box, aspect fixed), normalised, CHW float32."""
     center, scale = center_scale(box)
     scale = fix_aspect(scale)
     patch = cv2.warpAffine(image, warp_matrix(center, scale), (POSE_INPUT_W, POSE_INPUT_H), flags=cv2.INTER_LINEAR)
-    normalised = (patch - MEAN) / STD
-    return Crop(np.ascontiguousarray(normalised.transpose(2, 0, 1), dtype=np.float32), center, scale)
+    chw = np.empty((3, POSE_INPUT_H, POSE_INPUT_W), dtype=np.float32)
+    for c in range(3):
+        np.take(NORMALISE[c], patch[:, :, c], out=chw[c])
+    return Crop(chw, center, scale)
 
 
 def simcc_decode(simcc_x: np.ndarray, simcc_y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
