@@ -1,6 +1,6 @@
 """``fal-onprem weights ...``: list, pull, verify, convert and import model weights.
 
-Mounted by ``server.cli`` (``register(subparsers)`` or ``add_subcommands``); also runnable as
+Mounted by ``server.cli`` with ``add_subcommands(subparsers)``; also runnable as
 ``python -m weights.cli ...``.
 """
 
@@ -12,9 +12,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from weights import all_pipelines, find, manifest, state, weights_dir
+from weights import all_pipelines, find, manifest, pull_missing, state, weights_dir
 from weights.download import Report, WeightsError, import_dir, pull, unique_files, verify
 from weights.summary import human, table
+
+__all__ = ["add_subcommands", "main", "pull_missing", "run"]
 
 
 def _pipelines(names: Sequence[str] | None) -> list[str]:
@@ -117,56 +119,53 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
-    """Add list / pull / verify / convert / import to the subparsers of a ``weights`` command.
-
-    Each sets ``weights_func``; call ``run(args)`` to execute the parsed command.
-    """
+def _add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """list / pull / verify / convert / import, each with ``func=run`` and its ``weights_func``."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--weights-dir",
-        type=Path,
-        default=None,
-        help="weights folder (default: $FAL_ONPREM_WEIGHTS_DIR or ./weights)",
+        "--weights-dir", type=Path, default=None, help="weights folder (default: $FAL_ONPREM_WEIGHTS_DIR or ./weights)"
     )
 
-    p = subparsers.add_parser("list", parents=[common], help="files per pipeline: ready / unconverted / missing")
+    def command(name: str, fn, help: str) -> argparse.ArgumentParser:
+        p = subparsers.add_parser(name, parents=[common], help=help)
+        p.set_defaults(func=run, weights_func=fn)
+        return p
+
+    p = command("list", cmd_list, "files per pipeline: ready / unconverted / missing")
     p.add_argument("--pipeline", action="append", help="only this pipeline (repeatable)")
     p.add_argument("--summary", action="store_true", help="per-pipeline disk and GPU-memory needs, licences")
     p.add_argument("--markdown", action="store_true", help="with --summary: a markdown table")
     p.add_argument("--json", action="store_true", help="machine-readable listing")
-    p.set_defaults(weights_func=cmd_list)
 
-    p = subparsers.add_parser("pull", parents=[common], help="download (resumable) and convert missing weights")
+    p = command("pull", cmd_pull, "download (resumable) and convert missing weights")
     p.add_argument("pipelines", nargs="*", help="pipelines (default: all)")
     p.add_argument("--no-convert", action="store_true", help="download only")
     p.add_argument("--hf-cache", action="store_true", help="download into the Hugging Face cache instead")
     p.add_argument("--token", default=None, help="Hugging Face token (default: HF_TOKEN / `hf auth login`)")
-    p.set_defaults(weights_func=cmd_pull)
 
-    p = subparsers.add_parser("verify", parents=[common], help="check sizes and sha256 of present files")
+    p = command("verify", cmd_verify, "check sizes and sha256 of present files and conversions")
     p.add_argument("pipelines", nargs="*", help="pipelines (default: all)")
     p.add_argument("--size-only", action="store_true", help="skip hashing")
-    p.set_defaults(weights_func=cmd_verify)
 
-    p = subparsers.add_parser("convert", parents=[common], help="one-time conversions to safetensors")
+    p = command("convert", cmd_convert, "one-time conversions to safetensors")
     p.add_argument("pipelines", nargs="*", help="pipelines (default: all)")
     p.add_argument("--force", action="store_true", help="redo conversions that exist")
-    p.set_defaults(weights_func=cmd_convert)
 
-    p = subparsers.add_parser("import", parents=[common], help="copy weights from a folder (air-gapped installs)")
+    p = command("import", cmd_import, "copy weights from a folder (air-gapped installs)")
     p.add_argument("source", type=Path, help="a weights dir, a Hugging Face cache, or a flat folder of files")
     p.add_argument("pipelines", nargs="*", help="pipelines (default: all)")
     p.add_argument("--no-convert", action="store_true", help="copy only")
-    p.set_defaults(weights_func=cmd_import)
 
 
-def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``weights`` command (with its subcommands) to a top-level CLI."""
+def add_subcommands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``weights`` command (list, pull, verify, convert, import) to a top-level CLI's
+    subparsers. Every subcommand sets ``func=run``, so ``args.func(args)`` executes it."""
     parser = subparsers.add_parser("weights", help="list, pull, verify, convert and import model weights")
-    sub = parser.add_subparsers(dest="weights_command", required=True, metavar="COMMAND")
-    add_subcommands(sub)
+    _add_commands(parser.add_subparsers(dest="weights_command", required=True, metavar="COMMAND"))
     return parser
+
+
+register = add_subcommands
 
 
 def run(args: argparse.Namespace) -> int:
@@ -183,8 +182,7 @@ def run(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fal-onprem weights", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="weights_command", required=True, metavar="COMMAND")
-    add_subcommands(sub)
+    _add_commands(parser.add_subparsers(dest="weights_command", required=True, metavar="COMMAND"))
     return parser
 
 
