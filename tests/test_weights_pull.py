@@ -153,3 +153,13 @@ def test_missing_repo_and_offline_mode_are_messages_not_traces(env, monkeypatch,
 def test_pull_missing_for_serve(env):
     assert weights.pull_missing(["toy"], env.root) == {}
     weights.check("toy", env.root)
+
+
+def test_delete_source_keeps_only_what_is_served(env):
+    assert pull(env, "toy", "--delete-source") == 0
+    assert not (env.root / REPO / "ckpt/model.bin").exists()
+    assert (env.root / REPO / "config.json").exists()  # nothing to convert: kept
+    weights.check("toy", env.root)
+    n_gets = len(env.hub.requests)
+    assert pull(env, "toy") == 0  # ready: the deleted original is not fetched again
+    assert len(env.hub.requests) == n_gets

@@ -89,6 +89,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
         _pipelines(args.pipelines),
         root=args.weights_dir,
         convert=not args.no_convert,
+        delete_source=args.delete_source,
         token=args.token,
         hf_cache=args.hf_cache,
     )
@@ -96,7 +97,13 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    report = import_dir(args.source, _pipelines(args.pipelines), root=args.weights_dir, convert=not args.no_convert)
+    report = import_dir(
+        args.source,
+        _pipelines(args.pipelines),
+        root=args.weights_dir,
+        convert=not args.no_convert,
+        delete_source=args.delete_source,
+    )
     return _print_report(report, "import")
 
 
@@ -104,7 +111,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from weights.download import convert_files
 
     root = weights_dir(args.weights_dir)
-    report = convert_files(unique_files(_pipelines(args.pipelines)), root, force=args.force)
+    files = unique_files(_pipelines(args.pipelines))
+    report = convert_files(files, root, force=args.force, delete_source=args.delete_source)
     return _print_report(report, "convert")
 
 
@@ -129,6 +137,12 @@ def _add_commands(subparsers: argparse._SubParsersAction) -> None:
     def command(name: str, fn, help: str) -> argparse.ArgumentParser:
         p = subparsers.add_parser(name, parents=[common], help=help)
         p.set_defaults(func=run, weights_func=fn)
+        if name in ("pull", "convert", "import"):
+            p.add_argument(
+                "--delete-source",
+                action="store_true",
+                help="delete originals from the weights dir once converted (only the conversions are served)",
+            )
         return p
 
     p = command("list", cmd_list, "files per pipeline: ready / unconverted / missing")
