@@ -97,3 +97,16 @@ def test_a_batch_equals_single_runs(pipeline):
         assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, f"item {i}: batching changed the output"
     # the knobs really differ between items
     assert not np.array_equal(np.asarray(batch_ctx.saved[0]), np.asarray(batch_ctx.saved[1]))
+
+
+def test_endpoint_resolves_to_this_pipeline_and_its_schema_imports_no_model_library():
+    import subprocess
+    import sys
+
+    from pipelines import registry
+    from pipelines.liveportrait import ENDPOINT
+
+    assert registry.pipeline_class(ENDPOINT) is LivePortraitPipeline
+    code = "import sys, pipelines.liveportrait; print(sorted({'torch','cv2','onnxruntime'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -11,7 +11,6 @@ ENDPOINT = EndpointSpec(
     endpoint_id="fal-ai/live-portrait/image",
     input_model=LivePortraitImageInput,
     output_model=LivePortraitImageOutput,
-    pipeline=None,
-    unavailable_reason="this pipeline is not implemented yet in this build of fal-onprem",
+    pipeline="pipelines.liveportrait.pipeline:LivePortraitPipeline",
     title="LivePortrait expression / head-pose editing",
 )
