@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 import weights
 from weights import cli
-from weights.convert import CONVERTERS
+from weights.convert import converter
 from weights.summary import needs
 
 MANIFESTS = sorted(weights.MANIFEST_DIR.glob("*.json"))
@@ -31,8 +31,8 @@ def test_shipped_manifest_is_well_formed(path: Path, monkeypatch):
         assert f.license, f"{f.key}: licence missing"
         assert f.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", f.sha256)
         assert f.expected_bytes is None or f.expected_bytes > 0
-        if f.convert:
-            assert f.convert in CONVERTERS or ":" in f.convert
+        if f.convert:  # the converter resolves (model packages own theirs; imported by name)
+            assert callable(converter(f.convert).function())
     for dep in raw.get("requires", []):
         assert isinstance(dep, str) and dep != path.stem
 
@@ -111,3 +111,19 @@ def test_default_weights_dir_gives_the_short_command(tmp_path, monkeypatch):
     assert "fal-onprem weights pull pipe" in str(err)
     with pytest.raises(KeyError):
         weights.locate("pipe", "nope")
+
+
+def test_readme_table_is_generated_from_the_manifests(tmp_path, monkeypatch):
+    from weights.summary import BEGIN, END, README, update_readme
+
+    monkeypatch.delenv("FAL_ONPREM_MANIFEST_DIR", raising=False)
+    shipped = README.read_text()
+    block = shipped.split(BEGIN)[1].split(END)[0]
+    for p in weights.all_pipelines():
+        assert f"| {p} |" in block, f"{p} missing from weights/README.md: run python -m weights.summary"
+    copy = tmp_path / "README.md"
+    copy.write_text(f"intro\n{BEGIN}\nstale\n{END}\noutro\n")
+    assert update_readme(copy)
+    text = copy.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "stale" not in text
+    assert "| leffa |" in text and not update_readme(copy)

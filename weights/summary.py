@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from weights import WeightFile, manifest, manifest_info
+from weights import WeightFile, all_pipelines, manifest, manifest_info
 
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 
@@ -78,6 +79,16 @@ def needs(pipeline: str) -> PipelineNeeds:
     )
 
 
+def totals(pipelines: list[str]) -> tuple[int, int]:
+    """(download, kept on disk after ``--delete-source``) for several pipelines, shared files once."""
+    from weights.download import unique_files
+
+    files = unique_files(pipelines)
+    download = sum(f.expected_bytes or 0 for f in files)
+    kept = sum((converted_bytes(f) or 0) if f.convert else (f.expected_bytes or 0) for f in files)
+    return download, kept
+
+
 def table(pipelines: list[str], *, markdown: bool = False) -> str:
     """The summary table; ``markdown`` for weights/README.md."""
     rows = [needs(p) for p in pipelines]
@@ -96,13 +107,35 @@ def table(pipelines: list[str], *, markdown: bool = False) -> str:
                 lic,
             ]
         )
+    download, kept = totals(pipelines)
+    total = f"all of them: {human(download)} to download, {human(kept)} on disk after --delete-source"
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(row) + " |" for row in body]
         notes = [f"- **{r.pipeline}**: {r.gpu_note}" for r in rows if r.gpu_note]
-        return "\n".join(lines + (["", *notes] if notes else []))
+        return "\n".join([*lines, "", f"Shared files counted once, {total}.", "", *notes])
     widths = [max(len(h), *(len(row[i]) for row in body)) if body else len(h) for i, h in enumerate(head)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + "  {}"
     lines = [fmt.format(*head)] + [fmt.format(*row) for row in body]
+    lines += [total]
     lines += [f"{r.pipeline}: {r.gpu_note}" for r in rows if r.gpu_note]
     return "\n".join(lines)
+
+
+README = Path(__file__).parent / "README.md"
+BEGIN, END = "<!-- summary:begin -->", "<!-- summary:end -->"
+
+
+def update_readme(path: Path = README) -> bool:
+    """Rewrite the generated table of weights/README.md; True when it changed."""
+    text = path.read_text()
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    new = f"{head}{BEGIN}\n{table(all_pipelines(), markdown=True)}\n{END}{tail}"
+    if new != text:
+        path.write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":  # python -m weights.summary: refresh weights/README.md
+    print("updated" if update_readme() else "up to date")
