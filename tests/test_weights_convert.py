@@ -28,6 +28,7 @@ def test_torch_checkpoint_to_safetensors_keeps_values_and_unwraps(tmp_path):
     assert not (tmp_path / "m.safetensors.tmp").exists()
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickles_that_run_code_are_refused(tmp_path):
     class Evil:
         def __reduce__(self):

@@ -123,6 +123,19 @@ def test_token_is_sent_from_hf_token(env, monkeypatch, capsys):
     assert env.hub.gets("config.json")[-1].authorization == "Bearer secret"
 
 
+def test_lfs_redirect_to_a_cdn_does_not_leak_the_token(env, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "secret")
+    with FakeHub() as cdn:
+        env.hub.cdn = cdn
+        assert pull(env, "toy") == 0
+    assert (env.root / REPO / "ckpt/model.bin").read_bytes() == env.model_bytes
+    assert env.hub.gets("model.bin") == []  # the Hub only answered HEAD with a redirect
+    sha = hashlib.sha256(env.model_bytes).hexdigest()
+    (get,) = cdn.gets(f"/raw/{sha}")
+    assert get.authorization is None
+    assert all(r.authorization == "Bearer secret" for r in env.hub.requests)
+
+
 def test_plain_url_source(env):
     content = b"x" * 50_000
     env.hub.raw["face.pth"] = content

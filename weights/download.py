@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from weights import (
     WeightFile,
@@ -152,6 +153,11 @@ def _resumable_get(url: str, dest: Path, *, tag: str, headers: dict, expected_si
     part.replace(dest)
 
 
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port
+
+
 def _download_hub(f: WeightFile, root: Path, token: str | bool | None) -> None:
     from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
     from huggingface_hub.utils import build_hf_headers
@@ -176,7 +182,7 @@ def _download_hub(f: WeightFile, root: Path, token: str | bool | None) -> None:
     else:
         headers = build_hf_headers(token=token)
         headers["Accept-Encoding"] = "identity"
-        if meta.location != url and not meta.location.startswith(endpoint):
+        if _origin(meta.location) != _origin(url):
             headers.pop("authorization", None)  # signed CDN URL: never forward the token
         size = meta.size if meta.size is not None else f.size
         _resumable_get(meta.location, dest, tag=meta.etag, headers=headers, expected_size=size)

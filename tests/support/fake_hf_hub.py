@@ -6,7 +6,9 @@ the headers huggingface_hub relies on: ``ETag`` (the sha256 of the content, as f
 and files answer 404 with the Hub's ``X-Error-Code``. Also plain ``GET /raw/<name>`` for URL sources.
 Fault injection: ``drop_after[path] = n`` sends the first ``n`` bytes of the next full GET of that
 file, then closes the connection (once); ``fail_after[path] = n`` does the same and then answers
-503 to every later GET until cleared. ``require_token`` makes repos answer 401 without that bearer.
+503 to every later GET until cleared. ``require_token`` makes repos answer 401 without that bearer;
+``cdn`` (another FakeHub) makes resolve answer 302 with ``X-Linked-Etag``/``X-Linked-Size`` to that
+host, as the Hub does for LFS files.
 
 Bounded: binds 127.0.0.1 only, daemon threads, socket timeouts, and at most ``max_requests``.
 
@@ -42,6 +44,7 @@ class FakeHub:
     drop_after: dict[str, int] = field(default_factory=dict)
     fail_after: dict[str, int] = field(default_factory=dict)
     require_token: dict[str, str] = field(default_factory=dict)  # repo_id -> token
+    cdn: FakeHub | None = None  # when set, resolve GETs/HEADs redirect there (302, like the Hub's LFS)
     requests: list[Request] = field(default_factory=list)
 
     def add(self, repo_id: str, path: str, content: bytes) -> str:
@@ -137,6 +140,9 @@ class _Handler(BaseHTTPRequestHandler):
         if send_body and path in hub.fail_after and self.headers.get("Range"):
             return self._status(503, "ServiceUnavailable")
         etag = hashlib.sha256(content).hexdigest()
+        if hub.cdn is not None and not path.startswith("/raw/"):
+            hub.cdn.raw[etag] = content
+            return self._redirect(f"{hub.cdn.url}/raw/{etag}", etag, len(content), extra)
         start, end = 0, len(content)
         status = 200
         if send_body and (rng := self.headers.get("Range")):
@@ -168,6 +174,17 @@ class _Handler(BaseHTTPRequestHandler):
             hub._served[path] = hub._served.get(path, 0) + len(body)
         if cut is not None:
             self.close_connection = True  # drop mid-file: the client sees a short body
+
+    def _redirect(self, location: str, etag: str, size: int, extra: dict[str, str]) -> None:
+        self.send_response(302)
+        self.send_header("Location", location)
+        self.send_header("X-Linked-Etag", f'"{etag}"')
+        self.send_header("X-Linked-Size", str(size))
+        self.send_header("ETag", '"not-the-file"')
+        for k, v in extra.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def _status(self, code: int, error: str, extra: dict[str, str] | None = None) -> None:
         body = f'{{"error": "{error}"}}'.encode()
