@@ -49,6 +49,24 @@ class LogEntry:
     timestamp: float = field(default_factory=time.time)
 
 
+WebhookState = Literal["pending", "delivered", "failed"]
+
+
+@dataclass
+class WebhookDelivery:
+    """One outbox row: the webhook owed for a finished job (recorded in the completion's transaction)."""
+
+    job_id: str
+    url: str
+    state: WebhookState = "pending"
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+    last_status: int | None = None
+    last_error: str | None = None
+    created_at: float = field(default_factory=time.time)
+    delivered_at: float | None = None
+
+
 @dataclass
 class PipelineState:
     endpoint: str
@@ -96,6 +114,23 @@ class JobStore(Protocol):
     def recover_expired_leases(self, max_attempts: int, now: float | None = None) -> list[str]: ...
     def set_pipeline_state(self, state: PipelineState) -> None: ...
     def close(self) -> None: ...
+
+    # -- webhook outbox (rows are added by whatever completes a job that has a webhook_url)
+    def claim_webhooks(
+        self, owner: str, limit: int, lease_s: float, now: float | None = None
+    ) -> list[WebhookDelivery]: ...
+    def record_webhook_attempt(
+        self,
+        job_id: str,
+        owner: str,
+        outcome: Literal["delivered", "retry", "failed"],
+        *,
+        status_code: int | None = None,
+        error: str | None = None,
+        next_attempt_at: float | None = None,
+    ) -> bool: ...
+    def release_webhooks(self, owner: str) -> None: ...
+    def webhook(self, job_id: str) -> WebhookDelivery | None: ...
 
 
 CANCELLED_ERROR = {"status_code": 400, "detail": "Request was cancelled", "error_type": "request_cancelled"}

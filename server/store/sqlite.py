@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from server.store.base import (
     CANCELLED_ERROR,
@@ -24,6 +24,7 @@ from server.store.base import (
     Job,
     LogEntry,
     PipelineState,
+    WebhookDelivery,
 )
 
 SCHEMA = """
@@ -69,6 +70,20 @@ CREATE TABLE IF NOT EXISTS pipeline_states (
     updated_at REAL NOT NULL,
     PRIMARY KEY (endpoint, worker_id)
 );
+CREATE TABLE IF NOT EXISTS webhooks (
+    job_id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    lease_until REAL,
+    owner TEXT,
+    last_status INTEGER,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    delivered_at REAL
+);
+CREATE INDEX IF NOT EXISTS webhooks_due ON webhooks (state, next_attempt_at);
 """
 
 _JOB_COLUMNS = (
@@ -79,6 +94,29 @@ _JOB_COLUMNS = (
 
 def _loads(value: str | None) -> Any:
     return None if value is None else json.loads(value)
+
+
+def _enqueue_webhook(db: sqlite3.Connection, job_id: str, now: float) -> None:
+    """Owe a webhook for a job that just completed: call inside the completing transaction."""
+    db.execute(
+        "INSERT OR IGNORE INTO webhooks (job_id, url, state, next_attempt_at, created_at) "
+        "SELECT id, webhook_url, 'pending', ?, ? FROM jobs WHERE id = ? AND webhook_url IS NOT NULL",
+        (now, now, job_id),
+    )
+
+
+def _row_to_webhook(row: sqlite3.Row) -> WebhookDelivery:
+    return WebhookDelivery(
+        job_id=row["job_id"],
+        url=row["url"],
+        state=row["state"],
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"],
+        last_status=row["last_status"],
+        last_error=row["last_error"],
+        created_at=row["created_at"],
+        delivered_at=row["delivered_at"],
+    )
 
 
 def _row_to_job(row: sqlite3.Row) -> Job:
@@ -199,6 +237,7 @@ class SQLiteJobStore:
                     "WHERE id = ?",
                     (json.dumps(CANCELLED_ERROR), now, job_id),
                 )
+                _enqueue_webhook(db, job_id, now)
             else:
                 db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
         return "CANCELLATION_REQUESTED"
@@ -328,19 +367,23 @@ class SQLiteJobStore:
         metrics: dict[str, Any] | None = None,
     ) -> bool:
         """Finish a running job; False when it was no longer IN_PROGRESS (e.g. re-queued meanwhile)."""
+        now = time.time()
         with self._write() as db:
             cur = db.execute(
                 "UPDATE jobs SET status = 'COMPLETED', finished_at = ?, result = ?, error = ?, metrics = ?, "
                 "lease_until = NULL WHERE id = ? AND status = 'IN_PROGRESS'",
                 (
-                    time.time(),
+                    now,
                     None if result is None else json.dumps(result),
                     None if error is None else json.dumps(error),
                     json.dumps(metrics or {}),
                     job_id,
                 ),
             )
-            return cur.rowcount == 1
+            if cur.rowcount != 1:
+                return False
+            _enqueue_webhook(db, job_id, now)
+            return True
 
     def expire_deadlines(self, now: float | None = None) -> list[str]:
         """Queued jobs whose start deadline passed complete with a timeout error."""
@@ -358,6 +401,7 @@ class SQLiteJobStore:
                     "WHERE id = ? AND status = 'IN_QUEUE'",
                     (now, json.dumps(TIMEOUT_ERROR), job_id),
                 )
+                _enqueue_webhook(db, job_id, now)
         return ids
 
     def recover_expired_leases(self, max_attempts: int, now: float | None = None) -> list[str]:
@@ -385,6 +429,7 @@ class SQLiteJobStore:
                         "WHERE id = ?",
                         (now, json.dumps(failed_error), r["id"]),
                     )
+                    _enqueue_webhook(db, r["id"], now)
         return [r["id"] for r in rows]
 
     def set_pipeline_state(self, state: PipelineState) -> None:
@@ -397,3 +442,65 @@ class SQLiteJobStore:
     def clear_pipeline_states(self, worker_id: str) -> None:
         with self._write() as db:
             db.execute("DELETE FROM pipeline_states WHERE worker_id = ?", (worker_id,))
+
+    # -- webhook outbox
+    def claim_webhooks(self, owner: str, limit: int, lease_s: float, now: float | None = None) -> list[WebhookDelivery]:
+        """Lease up to ``limit`` due, pending deliveries (oldest due first) to ``owner``.
+
+        A lease that runs out (its sender died mid-attempt) makes the row claimable again.
+        """
+        now = time.time() if now is None else now
+        with self._write() as db:
+            rows = db.execute(
+                "SELECT * FROM webhooks WHERE state = 'pending' AND next_attempt_at <= ? "
+                "AND (lease_until IS NULL OR lease_until < ?) ORDER BY next_attempt_at LIMIT ?",
+                (now, now, limit),
+            ).fetchall()
+            for r in rows:
+                db.execute(
+                    "UPDATE webhooks SET owner = ?, lease_until = ? WHERE job_id = ?",
+                    (owner, now + lease_s, r["job_id"]),
+                )
+        return [_row_to_webhook(r) for r in rows]
+
+    def record_webhook_attempt(
+        self,
+        job_id: str,
+        owner: str,
+        outcome: Literal["delivered", "retry", "failed"],
+        *,
+        status_code: int | None = None,
+        error: str | None = None,
+        next_attempt_at: float | None = None,
+    ) -> bool:
+        """Record one attempt by the lease holder; False when ``owner`` no longer holds the lease."""
+        now = time.time()
+        state = "pending" if outcome == "retry" else outcome
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE webhooks SET state = ?, attempts = attempts + 1, last_status = ?, last_error = ?, "
+                "next_attempt_at = COALESCE(?, next_attempt_at), delivered_at = ?, owner = NULL, "
+                "lease_until = NULL WHERE job_id = ? AND owner = ? AND state = 'pending'",
+                (
+                    state,
+                    status_code,
+                    error,
+                    next_attempt_at,
+                    now if outcome == "delivered" else None,
+                    job_id,
+                    owner,
+                ),
+            )
+            return cur.rowcount == 1
+
+    def release_webhooks(self, owner: str) -> None:
+        """Give back ``owner``'s unfinished leases (clean shutdown), so no one waits for them to run out."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE webhooks SET owner = NULL, lease_until = NULL WHERE owner = ? AND state = 'pending'",
+                (owner,),
+            )
+
+    def webhook(self, job_id: str) -> WebhookDelivery | None:
+        row = self._db().execute("SELECT * FROM webhooks WHERE job_id = ?", (job_id,)).fetchone()
+        return _row_to_webhook(row) if row else None
