@@ -12,11 +12,13 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines import registry
+from server import webhooks
 from server.config import Settings
 from server.errors import FalError, on_fal_error, on_http_error, on_validation_error
 from server.files import FileStore
+from server.limits import BodyLimitMiddleware
 from server.proxy import FalProxyMiddleware
-from server.routes import files, ops, queue, run
+from server.routes import files, ops, queue, run, storage
 from server.store import open_store
 
 log = logging.getLogger("fal_onprem.api")
@@ -28,7 +30,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
-        yield
+        async with webhooks.delivery(app):
+            yield
         app.state.store.close()
 
     app = FastAPI(
@@ -41,7 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.endpoints = endpoints
     app.state.store = open_store(settings.resolved_store_url)
     app.state.files = FileStore(settings.files_dir)
-    app.state.check_webhook_url = lambda url: None  # replaced by the webhook module when enabled
+    webhooks.install(app, settings)  # signing key, submit-time URL check, JWKS routes
 
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(FalError, on_fal_error)
@@ -50,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(queue.build_router(endpoints))
     app.include_router(run.build_router(endpoints))
     app.include_router(files.router)
+    app.include_router(storage.router)
     app.include_router(ops.router)
 
     app.add_middleware(
@@ -59,5 +63,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_headers=["*"],
         expose_headers=["x-fal-request-id", "x-fal-error-type"],
     )
-    app.add_middleware(FalProxyMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(FalProxyMiddleware)  # outermost: rewrites the path before the others see it
     return app

@@ -50,10 +50,20 @@ class Settings(BaseSettings):
     max_image_bytes: int = 50 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     max_upload_bytes: int = 2 * 1024 * 1024 * 1024
+    upload_ttl_s: float = Field(
+        default=6 * 3600.0, description="Lifetime of upload URLs and tokens; unfinished uploads are removed after it."
+    )
     fetch_timeout_s: float = 30.0
     job_lease_s: float = 30.0
     max_attempts: int = 2
     file_ttl_s: float | None = None
+    webhook_max_attempts: int = Field(default=10, description="Delivery attempts before a webhook is given up.")
+    webhook_backoff_base_s: float = Field(
+        default=15.0, description="Wait after the first failed attempt; doubles each time (10 attempts ~ 2 h)."
+    )
+    webhook_backoff_max_s: float = 3600.0
+    webhook_timeout_s: float = Field(default=15.0, description="Per-attempt limit for a webhook POST.")
+    webhook_poll_s: float = Field(default=1.0, description="How often the API looks for due webhooks.")
     log_level: str = "INFO"
 
     @classmethod
