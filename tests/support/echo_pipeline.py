@@ -3,11 +3,13 @@
 Loaded into the registry with ``FAL_ONPREM_PIPELINE_MODULES=tests.support.echo_pipeline``. It reads
 its input image, waits ``steps`` x ``step_ms`` (reporting progress, so it can be cancelled while
 running), and returns the image tinted by a seed-derived colour. The batch is processed as one
-numpy array so batching is really exercised; ``fail`` makes one item fail in one of two ways.
+numpy array so batching is really exercised; ``fail`` makes an item fail (per item, by raising,
+or by killing the worker process).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Literal
 
@@ -22,7 +24,7 @@ class EchoInput(BaseModel):
     image_url: str = Field(description="Image to tint")
     steps: int = Field(default=1, ge=1, le=1000)
     step_ms: int = Field(default=0, ge=0, le=10_000)
-    fail: Literal["none", "item", "crash"] = "none"
+    fail: Literal["none", "item", "crash", "exit"] = "none"
     seed: int | None = None
     sync_mode: bool = False
     output_format: OutputFormat = "png"
@@ -55,6 +57,8 @@ class EchoPipeline(Pipeline):
         for step in range(first.steps):
             time.sleep(first.step_ms / 1000)
             ctx.progress(step + 1, first.steps)
+        if any(p.input.fail == "exit" for p in batch):  # type: ignore[attr-defined]
+            os._exit(17)  # simulates a worker killed mid-batch (OOM, segfault)
         if any(p.input.fail == "crash" for p in batch):  # type: ignore[attr-defined]
             raise RuntimeError("echo pipeline crashed on purpose")
         size = (64, 64)
@@ -67,9 +71,7 @@ class EchoPipeline(Pipeline):
         for i, prep in enumerate(batch):
             inp: EchoInput = prep.input  # type: ignore[assignment]
             if inp.fail == "item":
-                results.append(
-                    ItemError.invalid_input(["image_url"], "echo refused this image", "echo_refused")
-                )
+                results.append(ItemError.invalid_input(["image_url"], "echo refused this image", "echo_refused"))
                 continue
             ctx.log(f"tinted item {i}", i)
             image = ctx.save_image(i, out[i], inp.output_format)

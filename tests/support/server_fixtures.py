@@ -29,20 +29,20 @@ def png_data_uri(color: tuple[int, int, int] = (200, 100, 50), size: tuple[int, 
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def wait_status(url: str, status: str, timeout: float = 30.0) -> dict:
+def wait_status(url: str, status: str, timeout: float = 30.0, headers: dict[str, str] | None = None) -> dict:
     """Poll a status URL until it reports ``status`` (bounded)."""
     deadline = time.monotonic() + timeout
     body: dict = {}
     while time.monotonic() < deadline:
-        body = httpx.get(url, params={"logs": "1"}, timeout=10).json()
+        body = httpx.get(url, params={"logs": "1"}, headers=headers, timeout=10).json()
         if body.get("status") == status:
             return body
         time.sleep(0.05)
     raise TimeoutError(f"{url} never reached {status}: {body}")
 
 
-def wait_completed(status_url: str, timeout: float = 60.0) -> dict:
-    return wait_status(status_url, "COMPLETED", timeout)
+def wait_completed(status_url: str, timeout: float = 60.0, headers: dict[str, str] | None = None) -> dict:
+    return wait_status(status_url, "COMPLETED", timeout, headers)
 
 
 def fetch_bytes(url: str) -> bytes:
