@@ -16,10 +16,9 @@ Public API::
     d = nets.stitching.stitching(torch.cat([x_s, x_d], 1).flatten(1))  # [B,65]; .lip [B,63]; .eye [B,63]
 
 Every network takes a batch axis; items of a batch do not interact (eval-mode BatchNorm, per-sample
-InstanceNorm). ``nets.dtype`` is the dtype of F, W and G; M and S stay float32 (see ``precision``).
-
-Precision (measured on CPU against the reference fixtures, ``benchmarks/liveportrait_networks_bench.py``
-prints the same table): see ``precision.py``.
+InstanceNorm). Networks accept any float input and return float32. Weights are float32;
+``nets.dtype`` is the autocast dtype of F, W and G (float16/bfloat16 on CUDA when asked, else
+float32); M and S always run float32. Measured errors: see ``precision.py``.
 """
 
 from __future__ import annotations
@@ -34,9 +33,10 @@ import weights
 from pipelines.contract import WeightSource
 
 from .appearance import AppearanceFeatureExtractor
+from .blocks import Network
 from .configs import FIXTURES, REAL, TINY, NetworksConfig
 from .motion import MotionExtractor, bins_to_degrees
-from .precision import network_dtypes, resolve_dtype
+from .precision import autocast_dtypes, resolve_dtype
 from .spade import SPADEDecoder, SpectralNormConv2d
 from .state_dict import normalize_state_dict
 from .stitching import StitchingRetargeting
@@ -180,8 +180,10 @@ def _finish(
     dtype: str | torch.dtype,
 ) -> LivePortraitNetworks:
     device = torch.device(device)
-    dtypes = network_dtypes(resolve_dtype(dtype), device)
-    main_dtype = dtypes["spade"]
+    autocast = autocast_dtypes(resolve_dtype(dtype), device)
     for name, module in modules.items():
-        module.to(device=device, dtype=dtypes[name]).eval().requires_grad_(False)
-    return LivePortraitNetworks(**modules, config=config, device=device, dtype=main_dtype)
+        module.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
+        if isinstance(module, Network):
+            module.autocast_dtype = autocast[name]
+    compute = autocast["spade"] or torch.float32
+    return LivePortraitNetworks(**modules, config=config, device=device, dtype=compute)

@@ -7,11 +7,11 @@ import itertools
 import torch
 from torch import nn
 
-from .blocks import DownBlock2d, ResBlock3d, SameBlock2d, compute_dtype
+from .blocks import DownBlock2d, Network, ResBlock3d, SameBlock2d
 from .configs import AppearanceConfig
 
 
-class AppearanceFeatureExtractor(nn.Module):
+class AppearanceFeatureExtractor(Network):
     """RGB in [0,1] [B,3,256,256] -> [B, reshape_channel, reshape_depth, 64, 64]."""
 
     def __init__(self, cfg: AppearanceConfig) -> None:
@@ -27,10 +27,11 @@ class AppearanceFeatureExtractor(nn.Module):
 
     def forward(self, source_image: torch.Tensor) -> torch.Tensor:
         """Any float input; the volume is returned as float32."""
-        out = self.first(source_image.to(compute_dtype(self)))
-        for block in self.down_blocks:
-            out = block(out)
-        out = self.second(out)
-        b, _, h, w = out.shape
-        volume = out.view(b, self.cfg.reshape_channel, self.cfg.reshape_depth, h, w)
-        return self.resblocks_3d(volume).float()
+        with self.autocast():
+            out = self.first(source_image.to(self.param_dtype()))
+            for block in self.down_blocks:
+                out = block(out)
+            out = self.second(out)
+            b, _, h, w = out.shape
+            volume = out.view(b, self.cfg.reshape_channel, self.cfg.reshape_depth, h, w)
+            return self.resblocks_3d(volume).float()

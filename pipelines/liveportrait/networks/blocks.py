@@ -5,14 +5,31 @@ Attribute names (``conv``, ``norm``, ``conv1``...) are the checkpoint's key name
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-def compute_dtype(module: nn.Module) -> torch.dtype:
-    """The dtype a network computes in (that of its parameters)."""
-    return next(module.parameters()).dtype
+class Network(nn.Module):
+    """Base of the top-level networks F, M, W, G.
+
+    Inputs of any float dtype are cast to the parameters' dtype; outputs are float32. When the loader
+    sets ``autocast_dtype`` (float16 / bfloat16 on GPU) the forward pass runs under ``torch.autocast``
+    with float32 weights, as upstream LivePortrait does (norms, softmax, exp and grid sampling then
+    stay float32, which keeps the warp far more accurate than casting the weights; see precision.py).
+    """
+
+    autocast_dtype: torch.dtype | None = None
+
+    def param_dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(next(self.parameters()).device.type, dtype=self.autocast_dtype)
 
 
 class SameBlock2d(nn.Module):
@@ -50,7 +67,11 @@ class DownBlock3d(nn.Module):
         self.norm = nn.BatchNorm3d(out_features, affine=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool3d(F.relu(self.norm(self.conv(x))), (1, 2, 2))
+        x = F.relu(self.norm(self.conv(x)))
+        # (1,2,2) 3-D pooling as 2-D pooling over merged C·D: the same numbers, and 2-D pooling
+        # also has half-precision CPU kernels.
+        b, c, d, h, w = x.shape
+        return F.avg_pool2d(x.reshape(b, c * d, h, w), 2).view(b, c, d, h // 2, w // 2)
 
 
 class UpBlock3d(nn.Module):

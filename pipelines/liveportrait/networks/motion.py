@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .blocks import Network
 from .configs import MotionConfig
 
 MOTION_KEYS = ("kp", "exp", "pitch", "yaw", "roll", "t", "scale")
@@ -87,7 +88,7 @@ class ConvNeXtV2(nn.Module):
         return {key: getattr(self, f"fc_{key}")(x) for key in MOTION_KEYS}
 
 
-class MotionExtractor(nn.Module):
+class MotionExtractor(Network):
     """Image [B,3,256,256] -> raw heads: kp/exp [B,3K], pitch/yaw/roll [B,bins], t [B,3], scale [B,1]."""
 
     def __init__(self, cfg: MotionConfig) -> None:
@@ -97,7 +98,8 @@ class MotionExtractor(nn.Module):
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Any float input; heads are returned as float32."""
-        out = self.detector(image.to(self.detector.fc_kp.weight.dtype))
+        with self.autocast():
+            out = self.detector(image.to(self.param_dtype()))
         return {k: v.float() for k, v in out.items()}
 
 

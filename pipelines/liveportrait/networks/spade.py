@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .blocks import Network
 from .configs import SpadeConfig
 
 
@@ -41,9 +42,10 @@ class SpectralNormConv2d(nn.Module):
         self.weight_v.copy_(v)
 
     def weight(self) -> torch.Tensor:
-        mat = self.weight_orig.flatten(1).float()
-        sigma = torch.dot(self.weight_u.float(), mat @ self.weight_v.float())
-        return (self.weight_orig.float() / sigma).to(self.weight_orig.dtype)
+        with torch.autocast(self.weight_orig.device.type, enabled=False):  # sigma in float32
+            mat = self.weight_orig.flatten(1).float()
+            sigma = torch.dot(self.weight_u.float(), mat @ self.weight_v.float())
+            return (self.weight_orig.float() / sigma).to(self.weight_orig.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight(), self.bias, padding=self.padding)
@@ -84,7 +86,7 @@ class SPADEResnetBlock(nn.Module):
         return shortcut + dx
 
 
-class SPADEDecoder(nn.Module):
+class SPADEDecoder(Network):
     """Feature [B,C,64,64] -> image [B,3,512,512] (full size); C = ``cfg.in_channels``."""
 
     def __init__(self, cfg: SpadeConfig) -> None:
@@ -105,10 +107,11 @@ class SPADEDecoder(nn.Module):
 
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
         """Any float input; the image is returned as float32."""
-        seg = feature = feature.to(self.fc.weight.dtype)
-        x = self.fc(feature)
-        for i in range(6):
-            x = getattr(self, f"G_middle_{i}")(x, seg)
-        x = self.up_0(F.interpolate(x, scale_factor=2), seg)
-        x = self.up_1(F.interpolate(x, scale_factor=2), seg)
-        return torch.sigmoid(self.conv_img(F.leaky_relu(x, 0.2))).float()
+        seg = feature = feature.to(self.param_dtype())
+        with self.autocast():
+            x = self.fc(feature)
+            for i in range(6):
+                x = getattr(self, f"G_middle_{i}")(x, seg)
+            x = self.up_0(F.interpolate(x, scale_factor=2), seg)
+            x = self.up_1(F.interpolate(x, scale_factor=2), seg)
+            return torch.sigmoid(self.conv_img(F.leaky_relu(x, 0.2))).float()

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import DownBlock3d, SameBlock2d, UpBlock3d, compute_dtype
+from .blocks import DownBlock3d, Network, SameBlock2d, UpBlock3d
 from .configs import DenseMotionConfig, WarpingConfig
 
 KP_VARIANCE = 0.01
@@ -104,7 +104,7 @@ class DenseMotionNetwork(nn.Module):
         return result
 
 
-class WarpingNetwork(nn.Module):
+class WarpingNetwork(Network):
     """``forward(feature_3d, kp_driving, kp_source)`` -> dict(out, deformation, occlusion_map).
 
     Inputs of any float dtype are cast to the network's; outputs are float32.
@@ -122,15 +122,16 @@ class WarpingNetwork(nn.Module):
     def forward(
         self, feature_3d: torch.Tensor, kp_driving: torch.Tensor, kp_source: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        dtype = compute_dtype(self)
+        dtype = self.param_dtype()
         feature_3d, kp_driving, kp_source = (t.to(dtype) for t in (feature_3d, kp_driving, kp_source))
-        motion = self.dense_motion_network(feature_3d, kp_driving, kp_source)
-        out = F.grid_sample(feature_3d, motion["deformation"], align_corners=False)
-        b, c, d, h, w = out.shape
-        out = self.fourth(self.third(out.view(b, c * d, h, w)))
-        occlusion = motion.get("occlusion_map")
-        if occlusion is not None:
-            out = out * occlusion
+        with self.autocast():
+            motion = self.dense_motion_network(feature_3d, kp_driving, kp_source)
+            out = F.grid_sample(feature_3d, motion["deformation"], align_corners=False)
+            b, c, d, h, w = out.shape
+            out = self.fourth(self.third(out.view(b, c * d, h, w)))
+            occlusion = motion.get("occlusion_map")
+            if occlusion is not None:
+                out = out * occlusion
         return {
             "out": out.float(),
             "deformation": motion["deformation"].float(),
