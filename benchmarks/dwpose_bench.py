@@ -120,6 +120,33 @@ def bench(pipe: DWPosePipeline, batch: int, iters: int, warmup: int, mode: str) 
     }
 
 
+def bench_models(pipe: DWPosePipeline, batch: int, iters: int, people_per_image: int = 2) -> dict[str, Any]:
+    """The two networks alone: ``batch`` letterboxed images, ``people_per_image * batch`` crops in one call.
+
+    Meaningful for every weight source (random weights rarely detect anyone, so the end-to-end number of
+    ``random_full`` mostly times the detector).
+    """
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch, 3, 640, 640)).astype(np.float32)
+    crops = rng.standard_normal((batch * people_per_image, 3, 384, 288)).astype(np.float32)
+    timings = {}
+    for name, model, x in (("detector", pipe.det_model, images), ("pose", pipe.pose_model, crops)):
+        model(x)  # warm-up (and engine build for TensorRT)
+        runs = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            model(x)
+            runs.append(time.perf_counter() - t0)
+        timings[name] = statistics.median(runs)
+    return {
+        "batch": batch,
+        "detector_images_per_s": round(batch / timings["detector"], 2),
+        "detector_batched": pipe.det_model.dynamic_batch,
+        "pose_crops": batch * people_per_image,
+        "pose_crops_per_s": round(batch * people_per_image / timings["pose"], 2),
+    }
+
+
 def png_encode_ms(pipe: DWPosePipeline) -> float:
     image = np.zeros((683, 512, 3), np.uint8)
     image[100:400:7, 50:450:3] = 255
@@ -150,11 +177,17 @@ def main() -> None:
     pipe = DWPosePipeline.load(source, device=args.device)
     load_s = time.perf_counter() - t0
     results = [bench(pipe, b, args.iters, args.warmup, args.mode) for b in args.batches]
+    models = [bench_models(pipe, b, args.iters) for b in args.batches]
     for r in results:
         print(
             f"batch {r['batch']:>3}: {r['images_per_s']:>8.2f} images/s "
             f"(run {r['run_s_median'] * 1000:.1f} ms, {r['people_in_batch']} people, "
             f"prepare {r['prepare_ms_per_image']:.1f} ms/image)"
+        )
+    for m in models:
+        print(
+            f"models alone, batch {m['batch']:>3}: detector {m['detector_images_per_s']:.2f} images/s, "
+            f"pose {m['pose_crops_per_s']:.2f} crops/s ({m['pose_crops']} crops per call)"
         )
     info = machine(args.device, pipe)
     device_name = "cpu" if not pipe.pose_model.on_gpu else re.sub(r"\W+", "-", (info.get("gpu") or "gpu").split(",")[0])
@@ -168,6 +201,7 @@ def main() -> None:
         "png_encode_ms_per_image": png_encode_ms(pipe),
         "machine": info,
         "results": results,
+        "models_alone": models,
     }
     out = args.out or ROOT / "benchmarks" / "results" / f"{dt.date.today():%Y-%m-%d}_{device_name.lower()}_dwpose.json"
     out.parent.mkdir(parents=True, exist_ok=True)
