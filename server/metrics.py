@@ -9,10 +9,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from server.store import JobStore
+
+SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+HISTOGRAMS = (
+    ("queue_time", "fal_onprem_queue_wait_seconds", "Time from submit to start", SECONDS_BUCKETS),
+    ("inference_time", "fal_onprem_run_seconds", "Run time of the batch a request ran in", SECONDS_BUCKETS),
+    ("batch_size", "fal_onprem_batch_size", "Size of the batch a request ran in", BATCH_BUCKETS),
+)
 
 
 class StoreCollector(Collector):
@@ -42,6 +50,23 @@ class StoreCollector(Collector):
         for s in self.store.pipeline_states():
             ready.add_metric([s.endpoint, s.worker_id], 1.0 if s.state == "ready" else 0.0)
         yield ready
+
+        for field, metric, doc, buckets in HISTOGRAMS:
+            hist = HistogramMetricFamily(metric, doc, labels=["endpoint"])
+            for endpoint, counts, total, n in self.store.metric_histogram(field, buckets):
+                le = [(str(float(b)), c) for b, c in zip(buckets, counts, strict=True)] + [("+Inf", n)]
+                hist.add_metric([endpoint], le, total)
+            yield hist
+
+        gpu = GaugeMetricFamily(
+            "fal_onprem_gpu_memory_bytes", "GPU memory held by a worker's PyTorch allocator", labels=["worker", "kind"]
+        )
+        for row in self.store.worker_stats():
+            for kind in ("allocated", "reserved"):
+                value = row[f"gpu_memory_{kind}"]
+                if value is not None:
+                    gpu.add_metric([row["worker_id"], kind], float(value))
+        yield gpu
 
 
 def render_metrics(store: JobStore) -> tuple[bytes, str]:

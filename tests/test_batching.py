@@ -51,3 +51,17 @@ def test_metrics_endpoint_reports_queue_and_outcomes(live_server: LiveServer) ->
     text = httpx.get(f"{live_server.url}/metrics", timeout=10).text
     assert 'fal_onprem_requests_completed_total{endpoint="test/echo",error_type=""}' in text
     assert "fal_onprem_pipeline_ready" in text
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("fal_onprem_batch_size_")
+    }
+    # the batching test above ran N jobs in one batch of N, then N + 1 jobs alone
+    assert samples['fal_onprem_batch_size_bucket{endpoint="test/echo",le="1.0"}'] >= N + 1
+    assert (
+        samples['fal_onprem_batch_size_bucket{endpoint="test/echo",le="4.0"}']
+        < samples['fal_onprem_batch_size_bucket{endpoint="test/echo",le="8.0"}']
+    )
+    assert samples['fal_onprem_batch_size_count{endpoint="test/echo"}'] >= 2 * N + 1
+    assert 'fal_onprem_run_seconds_bucket{endpoint="test/echo",le="+Inf"}' in text
+    assert "fal_onprem_queue_wait_seconds_sum" in text

@@ -84,6 +84,13 @@ CREATE TABLE IF NOT EXISTS webhooks (
     delivered_at REAL
 );
 CREATE INDEX IF NOT EXISTS webhooks_due ON webhooks (state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS worker_stats (
+    worker_id TEXT PRIMARY KEY,
+    device TEXT NOT NULL,
+    gpu_memory_allocated INTEGER,
+    gpu_memory_reserved INTEGER,
+    updated_at REAL NOT NULL
+);
 """
 
 _JOB_COLUMNS = (
@@ -246,8 +253,7 @@ class SQLiteJobStore:
         rows = (
             self._db()
             .execute(
-                "SELECT message, level, source, timestamp FROM logs WHERE job_id = ? ORDER BY seq "
-                "LIMIT -1 OFFSET ?",
+                "SELECT message, level, source, timestamp FROM logs WHERE job_id = ? ORDER BY seq LIMIT -1 OFFSET ?",
                 (job_id, since),
             )
             .fetchall()
@@ -265,9 +271,7 @@ class SQLiteJobStore:
     def pipeline_states(self) -> list[PipelineState]:
         rows = self._db().execute("SELECT * FROM pipeline_states").fetchall()
         return [
-            PipelineState(
-                r["endpoint"], r["worker_id"], r["state"], r["reason"], r["device"], r["updated_at"]
-            )
+            PipelineState(r["endpoint"], r["worker_id"], r["state"], r["reason"], r["device"], r["updated_at"])
             for r in rows
         ]
 
@@ -282,13 +286,41 @@ class SQLiteJobStore:
             .fetchall()
         )
 
+    def metric_histogram(self, name: str, buckets: tuple[float, ...]) -> list[tuple[str, list[int], float, int]]:
+        """Per endpoint: cumulative bucket counts, sum and count of ``metrics.<name>`` of finished jobs.
+
+        One aggregate pass in SQLite (no rows are pulled into Python).
+        """
+        path = f"$.{name}"
+        cases = ", ".join(f"SUM(CASE WHEN v <= {float(b)!r} THEN 1 ELSE 0 END)" for b in buckets)
+        rows = (
+            self._db()
+            .execute(
+                f"SELECT endpoint, {cases}, SUM(v), COUNT(v) FROM (SELECT endpoint, "
+                f"json_extract(metrics, ?) AS v FROM jobs WHERE status = 'COMPLETED') WHERE v IS NOT NULL "
+                "GROUP BY endpoint",
+                (path,),
+            )
+            .fetchall()
+        )
+        return [(r[0], [int(c or 0) for c in r[1 : 1 + len(buckets)]], float(r[-2] or 0), int(r[-1])) for r in rows]
+
+    def set_worker_stats(self, worker_id: str, device: str, allocated: int | None, reserved: int | None) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO worker_stats VALUES (?,?,?,?,?)",
+                (worker_id, device, allocated, reserved, time.time()),
+            )
+
+    def worker_stats(self) -> list[sqlite3.Row]:
+        return self._db().execute("SELECT * FROM worker_stats").fetchall()
+
     # -- worker side
     def oldest_queued(self, endpoint: str) -> tuple[float | None, int]:
         row = (
             self._db()
             .execute(
-                "SELECT MIN(created_at) AS oldest, COUNT(*) AS n FROM jobs "
-                "WHERE endpoint = ? AND status = 'IN_QUEUE'",
+                "SELECT MIN(created_at) AS oldest, COUNT(*) AS n FROM jobs WHERE endpoint = ? AND status = 'IN_QUEUE'",
                 (endpoint,),
             )
             .fetchone()
@@ -390,8 +422,7 @@ class SQLiteJobStore:
         now = time.time() if now is None else now
         with self._write() as db:
             rows = db.execute(
-                "SELECT id FROM jobs WHERE status = 'IN_QUEUE' AND start_deadline IS NOT NULL "
-                "AND start_deadline < ?",
+                "SELECT id FROM jobs WHERE status = 'IN_QUEUE' AND start_deadline IS NOT NULL AND start_deadline < ?",
                 (now,),
             ).fetchall()
             ids = [r["id"] for r in rows]

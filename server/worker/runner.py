@@ -186,9 +186,7 @@ class Worker:
                 "batch_size": len(jobs),
             }
             if isinstance(outcome, BaseModel):
-                self.store.complete(
-                    job.id, result=outcome.model_dump(mode="json", exclude_none=True), metrics=metrics
-                )
+                self.store.complete(job.id, result=outcome.model_dump(mode="json", exclude_none=True), metrics=metrics)
             else:
                 self.store.complete(
                     job.id, error=outcome or _internal_error(RuntimeError("no result")), metrics=metrics
@@ -235,6 +233,15 @@ class Worker:
         self.store.recover_expired_leases(self.settings.max_attempts)
         for endpoint in self.loaded:
             self._report(endpoint, "ready")
+        if self.device.startswith("cuda"):
+            import torch
+
+            self.store.set_worker_stats(
+                self.worker_id,
+                self.device,
+                torch.cuda.memory_allocated(self.device),
+                torch.cuda.memory_reserved(self.device),
+            )
 
     def _heartbeat_loop(self) -> None:
         interval = max(0.5, self.settings.job_lease_s / 3)
