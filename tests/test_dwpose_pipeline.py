@@ -95,6 +95,16 @@ def test_tiny_detector_finds_people_on_photos():
         assert (body[visible][:, 0] > -w).all() and (body[visible][:, 1] < 2 * h).all()
 
 
+def test_extremely_elongated_image_is_a_422_on_image_url(tiny):
+    from pipelines.contract import ItemError
+
+    strip = Image.new("RGB", (8000, 10))
+    with pytest.raises(ItemError) as err:
+        tiny.prepare(DWPoseInput(image_url="https://x/strip.png"), lambda url, loc: strip)
+    assert err.value.status_code == 422
+    assert err.value.detail[0]["loc"] == ["body", "image_url"]
+
+
 def test_no_person_gives_a_black_image(tiny, monkeypatch):
     calls = []
 

@@ -27,10 +27,12 @@ import weights
 from pipelines.contract import Dtype, ImageLoader, ItemError, Pipeline, Prepared, RunContext, WeightSource
 
 from . import detector, draw, pose
-from .preprocess import Padded, letterbox, resize_with_pad
+from .preprocess import Padded, letterbox, output_size, resize_with_pad
 from .runtime import OnnxModel
 from .schema import DWPoseInput, DWPoseOutput
 from .tiny_models import tiny_detector, tiny_pose
+
+MAX_OUTPUT_PIXELS = 16_000_000  # 512 x 31250: aspect ratios up to about 1:61
 
 
 class DWPosePipeline(Pipeline):
@@ -70,6 +72,14 @@ class DWPosePipeline(Pipeline):
 
     def prepare(self, inp: BaseModel, load_image: ImageLoader) -> Prepared:
         prepared = super().prepare(inp, load_image)
+        width, height = prepared.images["image_url"].size
+        out_h, out_w = output_size(height, width)
+        if out_h * out_w > MAX_OUTPUT_PIXELS:  # a 1:500 strip would become a 512 x 256000 canvas
+            raise ItemError.invalid_input(
+                ["image_url"],
+                f"a {width}x{height} image gives a {out_w}x{out_h} pose image (short side 512), more than "
+                f"{MAX_OUTPUT_PIXELS} pixels; use a less elongated image",
+            )
         prepared.extra.update(self.preprocess(np.asarray(prepared.images["image_url"].convert("RGB"))))
         return prepared
 
