@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -140,3 +141,18 @@ def test_converter_rejects_a_checkpoint_with_missing_keys(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="missing="):
         run_conversion("schp", src, tmp_path / "out.safetensors")
     assert not (tmp_path / "out.safetensors").exists()
+
+
+@pytest.mark.parametrize("classes", [18, 20, 3])
+def test_inverse_warp_equals_the_original_per_channel_loop(classes: int) -> None:
+    """labels_in_image may warp 4 classes per cv2 call; it must equal SCHP's one-channel-at-a-time loop."""
+    cfg = config_for("atr", tiny=True)
+    inp = prepare_input(np.zeros((150, 101, 3), np.uint8), cfg)
+    logits = np.random.default_rng(classes).standard_normal((classes, *cfg.input_size)).astype(np.float32)
+    channels = [
+        cv2.warpAffine(c, inp.to_image, (101, 150), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        for c in logits
+    ]
+    expected = np.argmax(np.stack(channels, axis=2), axis=2)
+    labels = labels_in_image(logits, inp)
+    assert np.array_equal(labels, expected)
