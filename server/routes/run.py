@@ -18,7 +18,7 @@ from server.errors import FalError, job_error_response
 from server.store import JobStore
 from server.urls import base_url
 
-POLL_S = 0.05
+POLL_MIN_S, POLL_MAX_S = 0.005, 0.1  # short jobs answer fast; long ones poll gently
 
 
 def run_route(spec: EndpointSpec):
@@ -43,6 +43,7 @@ def run_route(spec: EndpointSpec):
                 webhook_url=None,
             )
         )
+        poll = POLL_MIN_S
         while True:
             current = await to_thread.run_sync(store.get, job.id)
             assert current is not None
@@ -51,7 +52,8 @@ def run_route(spec: EndpointSpec):
             if await request.is_disconnected():
                 await to_thread.run_sync(store.request_cancel, job.id)
                 return Response(status_code=499)
-            await asyncio.sleep(POLL_S)
+            await asyncio.sleep(poll)
+            poll = min(POLL_MAX_S, poll * 1.5)
         if current.error:
             return job_error_response(current.error, current.id)
         return JSONResponse(current.result, headers={"x-fal-request-id": current.id})

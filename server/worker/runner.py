@@ -100,7 +100,10 @@ class Worker:
                 self._report(spec.endpoint_id, "failed", reason)
                 continue
             self.loaded[spec.endpoint_id] = Loaded(
-                spec.endpoint_id, pipe, cfg.max_batch or cls.max_batch, cfg.max_wait_ms or cls.max_wait_ms
+                spec.endpoint_id,
+                pipe,
+                cls.max_batch if cfg.max_batch is None else cfg.max_batch,
+                cls.max_wait_ms if cfg.max_wait_ms is None else cfg.max_wait_ms,
             )
             self._report(spec.endpoint_id, "ready")
             log.info(
