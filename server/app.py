@@ -18,7 +18,7 @@ from server.errors import FalError, on_fal_error, on_http_error, on_validation_e
 from server.files import FileStore
 from server.limits import BodyLimitMiddleware
 from server.proxy import FalProxyMiddleware
-from server.routes import files, ops, queue, run
+from server.routes import files, ops, queue, run, storage
 from server.store import open_store
 
 log = logging.getLogger("fal_onprem.api")
@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(queue.build_router(endpoints))
     app.include_router(run.build_router(endpoints))
     app.include_router(files.router)
+    app.include_router(storage.router)
     app.include_router(ops.router)
 
     app.add_middleware(
