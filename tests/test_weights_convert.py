@@ -15,7 +15,17 @@ from weights.convert import converter, run_conversion
 def test_torch_checkpoint_to_safetensors_keeps_values_and_unwraps(tmp_path):
     g = torch.Generator().manual_seed(1)
     shared = torch.randn(4, 4, generator=g)
-    sd = {"a.weight": shared, "b.weight": shared, "c": torch.arange(5), "half": torch.randn(3).half()}
+    sd = {
+        "a.weight": shared,
+        "b.weight": shared,  # shares storage with a.weight
+        "view": shared[1:, ::2],  # non-contiguous
+        "c": torch.arange(5),
+        "half": torch.randn(3).half(),
+        "bf": torch.randn(2, generator=g).bfloat16(),
+        "flag": torch.tensor([True, False]),
+        "scalar": torch.tensor(2.5),
+        "empty": torch.zeros(0, 3),
+    }
     src = tmp_path / "m.pth"
     torch.save({"state_dict": sd, "optimizer": {"lr": 0.1}, "epoch": 3}, src)
 
@@ -24,7 +34,7 @@ def test_torch_checkpoint_to_safetensors_keeps_values_and_unwraps(tmp_path):
     out = load_file(dst)
     assert set(out) == set(sd)
     for k, v in sd.items():
-        assert out[k].dtype == v.dtype and torch.equal(out[k], v)
+        assert out[k].dtype == v.dtype and out[k].shape == v.shape and torch.equal(out[k], v), k
     assert not (tmp_path / "m.safetensors.tmp").exists()
 
 

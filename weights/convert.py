@@ -12,6 +12,7 @@ lazily by name so that ``weights`` does not depend on them.
 from __future__ import annotations
 
 import importlib
+import json
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -77,37 +78,69 @@ def load_torch_state_dict(src: Path) -> dict[str, Any]:
     return tensors
 
 
-def _unshare(tensors: dict[str, Any]) -> dict[str, Any]:
-    """safetensors refuses tensors sharing memory; copy all but the first user of a storage."""
-    seen: set[tuple[int, int]] = set()
-    out = {}
+_ST_DTYPES = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
+    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
+    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+}  # fmt: skip
+
+
+def save_streaming(tensors: Mapping[str, Any], dst: Path, *, metadata: dict[str, str], cast: Any = None) -> None:
+    """Write a safetensors file one tensor at a time (``cast`` applied to each on the way).
+
+    ``safetensors.torch.save_file`` needs every tensor, and a bytes copy of each, in memory at once;
+    streaming keeps a multi-GB conversion to about one tensor of RAM over the memory-mapped source.
+    The result is an ordinary safetensors file (8-byte header length, JSON header, raw data).
+    """
+    import torch
+
+    def out_dtype(t: torch.Tensor) -> torch.dtype:
+        return cast if cast is not None and t.is_floating_point() else t.dtype
+
+    header: dict[str, Any] = {"__metadata__": metadata}
+    offset = 0
     for name, t in tensors.items():
-        t = t.contiguous()
-        ident = (t.untyped_storage().data_ptr(), t.storage_offset())
-        if t.numel() and ident in seen:
-            t = t.clone()
-        seen.add(ident)
-        out[name] = t
-    return out
+        dtype = out_dtype(t)
+        nbytes = t.numel() * dtype.itemsize
+        header[name] = {
+            "dtype": _ST_DTYPES[str(dtype).removeprefix("torch.")],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # casts are memory-bound; a thread pool per small tensor costs more than it gains
+    try:
+        _write(dst, raw, tensors, out_dtype)
+    finally:
+        torch.set_num_threads(threads)
 
 
-def _save(tensors: dict[str, Any], dst: Path, source: Path) -> None:
-    from safetensors.torch import save_file
+def _write(dst: Path, header: bytes, tensors: Mapping[str, Any], out_dtype: Callable[[Any], Any]) -> None:
+    import torch
 
-    save_file(_unshare(tensors), str(dst), metadata={"format": "pt", "source": source.name})
+    with dst.open("wb") as fh:
+        fh.write(len(header).to_bytes(8, "little"))
+        fh.write(header)
+        for t in tensors.values():
+            t = t.to(out_dtype(t)).contiguous().reshape(-1)
+            if t.numel():
+                fh.write(memoryview(t.view(torch.uint8).numpy()))
 
 
 def torch_to_safetensors(src: Path, dst: Path) -> None:
     """torch ``.pth``/``.bin``/``.pt`` state dict → one safetensors file, dtypes unchanged."""
-    _save(load_torch_state_dict(src), dst, src)
+    save_streaming(load_torch_state_dict(src), dst, metadata={"format": "pt", "source": src.name})
 
 
 def split_fp16(src: Path, dst: Path) -> None:
     """A state dict whose keys start with sub-model prefixes (Leffa: ``vae.``, ``unet.``,
     ``unet_encoder.``) → ``dst/<prefix>.safetensors`` per prefix, prefix stripped, floats in fp16.
 
-    The source is memory-mapped and one group is materialised at a time, so a 20.9 GB fp32
-    checkpoint needs about the size of its largest group in RAM.
+    The source is memory-mapped and written one tensor at a time, so even the 20.9 GB fp32
+    checkpoint needs little more RAM than its largest tensor (benchmarks/weights_convert_bench.py).
     """
     import torch
 
@@ -120,13 +153,9 @@ def split_fp16(src: Path, dst: Path) -> None:
         groups.setdefault(prefix, []).append(name)
     dst.mkdir(parents=True, exist_ok=True)
     for prefix, names in groups.items():
-        part = {
-            name[len(prefix) + 1 :]: (t.to(torch.float16) if t.is_floating_point() else t)
-            for name in names
-            for t in [tensors[name]]
-        }
-        _save(part, dst / f"{prefix}.safetensors", src)
-        del part
+        part = {name[len(prefix) + 1 :]: tensors[name] for name in names}
+        save_streaming(part, dst / f"{prefix}.safetensors", metadata={"format": "pt", "source": src.name},
+                       cast=torch.float16)  # fmt: skip
 
 
 CONVERTERS: dict[str, Converter] = {
