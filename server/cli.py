@@ -23,25 +23,16 @@ log = logging.getLogger("fal_onprem")
 WORKER_RESTART_DELAY_S = 2.0
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def _common_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="SQLite job store and stored files (env FAL_ONPREM_DATA_DIR)")
     p.add_argument("--weights-dir", help="model weights folder (env FAL_ONPREM_WEIGHTS_DIR)")
     p.add_argument("--store-url", help="job store URL, default sqlite:///<data-dir>/jobs.sqlite")
-    p.add_argument(
-        "--tiny", action="store_true", help="tiny random-weight pipelines (try the API without weights)"
-    )
+    p.add_argument("--tiny", action="store_true", help="tiny random-weight pipelines (try the API without weights)")
     p.add_argument(
         "--random-full", action="store_true", help="full-size pipelines with random weights (GPU benchmarks)"
     )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING (env FAL_ONPREM_LOG_LEVEL)")
+    p.add_argument("--log-format", choices=["text", "json"], help="env FAL_ONPREM_LOG_FORMAT")
 
 
 def _apply_env(args: argparse.Namespace) -> None:
@@ -51,6 +42,7 @@ def _apply_env(args: argparse.Namespace) -> None:
         "weights_dir": "WEIGHTS_DIR",
         "store_url": "STORE_URL",
         "log_level": "LOG_LEVEL",
+        "log_format": "LOG_FORMAT",
         "host": "HOST",
         "port": "PORT",
         "public_url": "PUBLIC_URL",
@@ -136,9 +128,10 @@ class WorkerSupervisor:
 def cmd_serve(args: argparse.Namespace) -> int:
     _apply_env(args)
     from server.config import Settings
+    from server.logs import setup_logging
 
     settings = Settings()
-    _setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     if not settings.key_list and not _is_loopback(settings.host) and not settings.insecure_no_auth:
         log.error(
             "refusing to serve on %s without API keys: set FAL_ONPREM_API_KEYS or pass --insecure-no-auth",
@@ -164,6 +157,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level.lower(),
+            log_config=None,  # keep our handlers (text or JSON) for uvicorn too
             ssl_certfile=args.ssl_certfile,
             ssl_keyfile=args.ssl_keyfile,
             timeout_graceful_shutdown=5,
@@ -176,10 +170,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     _apply_env(args)
     from server.config import Settings
+    from server.logs import setup_logging
     from server.worker.runner import Worker
 
     settings = Settings()
-    _setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     worker = Worker(settings, device=args.device)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
@@ -200,9 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (env FAL_ONPREM_PORT, default 8000)")
     serve.add_argument("--public-url", help="base URL for absolute URLs in responses")
     serve.add_argument("--api-keys", help="comma-separated API keys (env FAL_ONPREM_API_KEYS)")
-    serve.add_argument(
-        "--insecure-no-auth", action="store_true", help="allow a non-loopback bind without keys"
-    )
+    serve.add_argument("--insecure-no-auth", action="store_true", help="allow a non-loopback bind without keys")
     serve.add_argument("--device", action="append", help="worker device(s), e.g. cuda:0 (default: all GPUs)")
     serve.add_argument("--no-worker", action="store_true", help="API only; attach workers with `worker`")
     serve.add_argument("--pull", action="store_true", help="download missing weights before serving")

@@ -36,9 +36,7 @@ class Settings(BaseSettings):
         default=None, description="Base URL used in absolute URLs of responses (else the request's own)."
     )
     data_dir: Path = Path("data")
-    store_url: str | None = Field(
-        default=None, description="sqlite:///path (default: <data_dir>/jobs.sqlite)"
-    )
+    store_url: str | None = Field(default=None, description="sqlite:///path (default: <data_dir>/jobs.sqlite)")
     weights_dir: Path = Path("weights")
     weights_source: Literal["real", "tiny", "random_full"] = "real"
     seed: int = 0
@@ -65,6 +63,7 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(default=15.0, description="Per-attempt limit for a webhook POST.")
     webhook_poll_s: float = Field(default=1.0, description="How often the API looks for due webhooks.")
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
 
     @classmethod
     def settings_customise_sources(
