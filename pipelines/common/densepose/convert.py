@@ -20,6 +20,7 @@ from safetensors.numpy import save_file
 
 _ALLOWED = {
     ("collections", "OrderedDict"),
+    ("_codecs", "encode"),  # how protocol-2 pickles from Python 3 store bytes
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("numpy.core.multiarray", "_reconstruct"),

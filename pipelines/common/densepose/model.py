@@ -14,8 +14,6 @@ pixel mean and anchors are computed, not stored).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
@@ -46,15 +44,6 @@ class ROIHeads(nn.Module):
         self.decoder = Decoder(cfg.fpn_channels, cfg.decoder_conv_dims, cfg.decoder_out_channels)
         self.densepose_head = DensePoseHead(cfg.decoder_out_channels, cfg.head_conv_dim)
         self.densepose_predictor = DensePosePredictor(cfg.head_conv_dim)
-
-
-@dataclass
-class RawInstances:
-    """One image's instances in the network-input frame, before rescaling to the original image."""
-
-    boxes: torch.Tensor  # (K, 4) XYXY, input frame
-    scores: torch.Tensor  # (K,)
-    chart: ChartOutput  # K predictor outputs, 112×112 each
 
 
 class DensePoseRCNN(nn.Module):
@@ -103,32 +92,3 @@ class DensePoseRCNN(nn.Module):
         pooled = densepose_roi_align(decoder_out, pooler_boxes(boxes))
         out = self.roi_heads.densepose_predictor(self.roi_heads.densepose_head(pooled))
         return ChartOutput(*(t.float() for t in (out.coarse_segm, out.fine_segm, out.u, out.v)))
-
-    # -- end to end --
-
-    @torch.no_grad()
-    def inference(
-        self,
-        images: torch.Tensor,
-        image_sizes: list[tuple[int, int]],
-        score_thresh: float,
-        given: list[Detections] | None = None,
-    ) -> list[RawInstances]:
-        """Detect people (or take ``given`` detections, input frame) and run DensePose on them.
-
-        ``given`` is detectron2's ``detected_instances`` path (``forward_with_given_boxes``).
-        """
-        features = self.features(images)
-        if given is None:
-            detections = self.detect(features, self.propose(features, image_sizes), image_sizes, score_thresh)
-        else:
-            detections = given
-        boxes = [d.boxes for d in detections]
-        chart = self.chart(self.decode(features), boxes) if sum(len(b) for b in boxes) else None
-        results, start = [], 0
-        for det in detections:
-            n = len(det.boxes)
-            part = chart[start : start + n] if chart is not None else None
-            start += n
-            results.append(RawInstances(det.boxes, det.scores, part))
-        return results

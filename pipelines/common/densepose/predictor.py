@@ -69,9 +69,13 @@ class DensePose:
         images: list[np.ndarray],
         score_thresh: float,
         given_boxes: list[np.ndarray | torch.Tensor] | None = None,
+        max_instances: int | None = None,
     ) -> list[DensePoseResult]:
         """HxWx3 uint8 arrays **in the order the network treats as BGR** -> one result per image.
 
+        ``max_instances`` limits the DensePose branch to the top-k instances (after detectron2's
+        postprocess filter). The consumers only use instance 0, and each instance's output depends only on
+        its own box, so ``max_instances=1`` gives the same instance 0 for a fraction of the head's cost.
         ``given_boxes`` (optional, per image, XYXY in the *network-input* frame, best first) skips
         the detector, like detectron2's ``detected_instances``; used to test the DensePose branch.
         """
@@ -82,21 +86,52 @@ class DensePose:
             groups[padded_shape(*r.shape[:2])].append(i)
         results: list[DensePoseResult | None] = [None] * len(images)
         for indices in groups.values():
-            batch = to_network_input([resized[i] for i in indices], self.device, self.dtype)
-            sizes = [tuple(resized[i].shape[:2]) for i in indices]
-            given = None
-            if given_boxes is not None:
-                given = []
-                for i in indices:
-                    b = torch.as_tensor(given_boxes[i], dtype=torch.float32, device=self.device).reshape(-1, 4)
-                    given.append(Detections(b, torch.ones(len(b), device=self.device)))
-            raw = self.model.inference(batch, sizes, score_thresh, given)
-            for i, inst, size in zip(indices, raw, sizes, strict=True):
-                out_hw = tuple(images[i].shape[:2])
-                boxes, keep = postprocess_boxes(inst.boxes.float(), size, out_hw)
-                chart = inst.chart[keep] if inst.chart is not None and bool(keep.any()) else None
-                results[i] = DensePoseResult(out_hw, boxes, inst.scores[keep], chart)
+            for i, result in zip(
+                indices,
+                self._predict_group(images, resized, indices, score_thresh, given_boxes, max_instances),
+                strict=True,
+            ):
+                results[i] = result
         return results  # type: ignore[return-value]
+
+    def _predict_group(
+        self,
+        images: list[np.ndarray],
+        resized: list[np.ndarray],
+        indices: list[int],
+        score_thresh: float,
+        given_boxes: list[np.ndarray | torch.Tensor] | None,
+        max_instances: int | None,
+    ) -> list[DensePoseResult]:
+        """Images with equal padded shapes, as one batch."""
+        model = self.model
+        batch = to_network_input([resized[i] for i in indices], self.device, self.dtype)
+        sizes = [tuple(resized[i].shape[:2]) for i in indices]
+        features = model.features(batch)
+        if given_boxes is None:
+            detections = model.detect(features, model.propose(features, sizes), sizes, score_thresh)
+        else:
+            detections = []
+            for i in indices:
+                b = torch.as_tensor(given_boxes[i], dtype=torch.float32, device=self.device).reshape(-1, 4)
+                detections.append(Detections(b, torch.ones(len(b), device=self.device)))
+        # detector_postprocess: to each original image, clipped, empty boxes dropped; then top-k.
+        selected = []
+        for i, det, size in zip(indices, detections, sizes, strict=True):
+            out_hw = tuple(images[i].shape[:2])
+            boxes, keep = postprocess_boxes(det.boxes, size, out_hw)
+            kept = torch.nonzero(keep, as_tuple=True)[0][:max_instances]
+            selected.append((out_hw, boxes[: len(kept)], det.scores[kept], det.boxes[kept]))
+        chart = None
+        if any(len(s[3]) for s in selected):
+            chart = model.chart(model.decode(features), [s[3] for s in selected])
+        results, start = [], 0
+        for out_hw, boxes, scores, input_boxes in selected:
+            n = len(input_boxes)
+            part = chart[start : start + n] if chart is not None and n else None
+            start += n
+            results.append(DensePoseResult(out_hw, boxes, scores, part))
+        return results
 
     # -- CatVTON: model/DensePose/__init__.py, called by the AutoMasker with resize=1024 --
 
@@ -110,7 +145,7 @@ class DensePose:
         -> an all-zero map, and a NEAREST resize back to the input size. ``given_boxes``: see ``predict``.
         """
         arrays = [catvton_network_input(image, resize) for image in images]
-        results = self.predict(arrays, CATVTON_SCORE_THRESH, given_boxes)
+        results = self.predict(arrays, CATVTON_SCORE_THRESH, given_boxes, max_instances=1)
         return [catvton_map_from_result(r, image.size) for r, image in zip(results, images, strict=True)]
 
     # -- Leffa: leffa_utils/densepose_predictor.py predict_iuv + app.py --
@@ -123,7 +158,7 @@ class DensePose:
         The RGB array goes into the BGR network unflipped (Leffa's quirk), threshold 0.5, instance 0.
         ``None`` where nobody is detected (the original raises; callers should fail that item).
         """
-        results = self.predict(images_rgb, LEFFA_SCORE_THRESH, given_boxes)
+        results = self.predict(images_rgb, LEFFA_SCORE_THRESH, given_boxes, max_instances=1)
         return [leffa_iuv_from_result(r) for r in results]
 
 
