@@ -127,3 +127,13 @@ def test_readme_table_is_generated_from_the_manifests(tmp_path, monkeypatch):
     text = copy.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "stale" not in text
     assert "| leffa |" in text and not update_readme(copy)
+
+
+def test_a_broken_manifest_is_a_message(tmp_path, monkeypatch, capsys):
+    d = _toy_manifests(tmp_path, monkeypatch)
+    (d / "broken.json").write_text('{"files": [{"key": "x"}]}')  # no repo_id / filename
+    assert cli.main(["list", "--pipeline", "broken"]) == 2
+    assert "broken.json" in capsys.readouterr().err
+    (d / "broken.json").write_text("{not json")
+    with pytest.raises(weights.ManifestError):
+        weights.manifest("broken")

@@ -120,18 +120,25 @@ def manifest_dir() -> Path:
 _FIELDS = {f.name for f in dataclasses.fields(WeightFile)}
 
 
+class ManifestError(ValueError):
+    """A manifest file that cannot be read (bad JSON, missing fields)."""
+
+
 @cache
 def _read_manifest(path: Path, mtime: float) -> dict:
-    raw = json.loads(path.read_text())
     owner = path.stem
-    files = tuple(
-        WeightFile(
-            **{k: v for k, v in entry.items() if k in _FIELDS and k not in ("pipelines", "owner")},
-            pipelines=tuple(entry.get("pipelines", [owner])),
-            owner=owner,
+    try:
+        raw = json.loads(path.read_text())
+        files = tuple(
+            WeightFile(
+                **{k: v for k, v in entry.items() if k in _FIELDS and k not in ("pipelines", "owner")},
+                pipelines=tuple(entry.get("pipelines", [owner])),
+                owner=owner,
+            )
+            for entry in raw.get("files", [])
         )
-        for entry in raw.get("files", [])
-    )
+    except (ValueError, TypeError, AttributeError) as e:
+        raise ManifestError(f"{path}: {e}") from e
     return {**raw, "files": files}
 
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from weights import all_pipelines, find, manifest, pull_missing, state, weights_dir
+from weights import ManifestError, all_pipelines, find, manifest, pull_missing, state, weights_dir
 from weights.download import Report, WeightsError, import_dir, pull, unique_files, verify
 from weights.summary import human, table
 
@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     """Execute a parsed weights command; user errors print a message and return 2, never a trace."""
     try:
         return args.weights_func(args)
-    except WeightsError as e:
+    except (WeightsError, ManifestError, LookupError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
