@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import re
 import statistics
@@ -81,6 +82,8 @@ def machine(device: str, pipe: DWPosePipeline) -> dict[str, Any]:
     match = re.search(r"model name\s*:\s*(.+)", cpuinfo)
     info["cpu"] = match.group(1).strip() if match else platform.processor()
     info["cpu_count"] = len(re.findall(r"^processor\s*:", cpuinfo, flags=re.M)) or None
+    if hasattr(os, "getloadavg"):  # CPU numbers on a shared machine are only as good as its load
+        info["load_average_1m"] = round(os.getloadavg()[0], 2)
     if device.startswith("cuda"):
         try:
             gpu = subprocess.run(
