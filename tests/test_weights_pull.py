@@ -176,3 +176,29 @@ def test_delete_source_keeps_only_what_is_served(env):
     n_gets = len(env.hub.requests)
     assert pull(env, "toy") == 0  # ready: the deleted original is not fetched again
     assert len(env.hub.requests) == n_gets
+
+
+def test_shipped_manifest_pulls_and_runs_a_model_packages_converter(env, monkeypatch):
+    """`pull densepose` with the real manifest: the converter is imported from pipelines.common by name."""
+    import pickle
+    from collections import OrderedDict
+
+    import numpy as np
+
+    monkeypatch.delenv("FAL_ONPREM_MANIFEST_DIR")
+    (entry,) = weights.manifest("densepose")
+    arrays = OrderedDict(
+        [
+            ("backbone.fpn_lateral2.weight", np.full((4, 4, 1, 1), 0.5, np.float32)),
+            ("x.bias", np.arange(3, dtype=np.float32)),
+        ]
+    )
+    env.hub.add(entry.repo_id, entry.filename, pickle.dumps({"model": arrays, "__author__": "test"}, protocol=2))
+
+    assert pull(env, "densepose") == 0
+
+    path = weights.locate("densepose", "model", env.root)
+    assert path == env.root / "converted" / "densepose" / "model.safetensors"
+    out = load_file(path)
+    assert sorted(out) == sorted(arrays)
+    assert torch.equal(out["x.bias"], torch.arange(3, dtype=torch.float32))
