@@ -139,3 +139,30 @@ def test_not_yet_built_pipeline_answers_503(live_server: LiveServer) -> None:
     assert "not implemented" in r.json()["detail"]
     bad = httpx.post(f"{live_server.url}/queue/fal-ai/cat-vton", json={**body, "cloth_type": "hat"})
     assert bad.status_code == 422  # validated even though the model is not built
+
+
+def test_start_timeout_expires_a_queued_job(client: fal_client.SyncClient, live_server: LiveServer) -> None:
+    blocker = client.submit(APP, arguments=echo_args(steps=30, step_ms=100))
+    wait_status(f"{live_server.url}/queue/{APP}/requests/{blocker.request_id}/status", "IN_PROGRESS")
+    late = client.submit(APP, arguments=echo_args(steps=3), start_timeout=1.5)  # sends X-Fal-Request-Timeout
+    with pytest.raises(fal_client.FalClientHTTPError) as err:
+        late.get()
+    assert err.value.status_code == 504
+    assert err.value.error_type == "request_timeout"
+    assert isinstance(blocker.status(), fal_client.InProgress)  # expired while the worker was busy
+    blocker.cancel()
+
+
+def test_normal_priority_runs_before_low(client: fal_client.SyncClient, live_server: LiveServer) -> None:
+    blocker = client.submit(APP, arguments=echo_args(steps=10, step_ms=100))
+    wait_status(f"{live_server.url}/queue/{APP}/requests/{blocker.request_id}/status", "IN_PROGRESS")
+    low = client.submit(APP, arguments=echo_args(steps=4), priority="low")
+    normal = client.submit(APP, arguments=echo_args(steps=5), priority="normal")
+    assert low.status().position == 1 and normal.status().position == 0
+    blocker.cancel()
+    low.get()
+    normal.get()
+    low_status = httpx.get(f"{live_server.url}/queue/{APP}/requests/{low.request_id}/status").json()
+    normal_status = httpx.get(f"{live_server.url}/queue/{APP}/requests/{normal.request_id}/status").json()
+    # the low-priority job waited for the normal one (different batch keys, so two batches)
+    assert low_status["metrics"]["queue_time"] > normal_status["metrics"]["queue_time"]

@@ -69,7 +69,6 @@ class Worker:
         self._active_lock = threading.Lock()
         self._prepare_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="prepare")
         self._prefetch_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
-        self._last_housekeeping = 0.0
         self.batches_run = 0
 
     # -- loading
@@ -226,40 +225,40 @@ class Worker:
                 out[job.id] = output
         return out
 
-    # -- housekeeping and the loop
-    def housekeeping(self) -> None:
-        now = time.monotonic()
-        if now - self._last_housekeeping < HOUSEKEEPING_S:
-            return
-        self._last_housekeeping = now
-        self.store.expire_deadlines()
-        self.store.recover_expired_leases(self.settings.max_attempts)
+    # -- housekeeping (its own thread and store connection, so a long batch never delays it)
+    def housekeeping(self, store: JobStore) -> None:
+        """Lease heartbeats, start deadlines, dead workers' jobs, readiness and GPU memory reports."""
+        with self._active_lock:
+            active = list(self._active)
+        store.heartbeat(active, self.settings.job_lease_s)
+        store.expire_deadlines()
+        store.recover_expired_leases(self.settings.max_attempts)
         for endpoint in self.loaded:
-            self._report(endpoint, "ready")
+            store.set_pipeline_state(PipelineState(endpoint, self.worker_id, "ready", "", self.device))
         if self.device.startswith("cuda"):
             import torch
 
-            self.store.set_worker_stats(
+            store.set_worker_stats(
                 self.worker_id,
                 self.device,
                 torch.cuda.memory_allocated(self.device),
                 torch.cuda.memory_reserved(self.device),
             )
 
-    def _heartbeat_loop(self) -> None:
-        interval = max(0.5, self.settings.job_lease_s / 3)
+    def _housekeeping_loop(self) -> None:
+        interval = min(HOUSEKEEPING_S, self.settings.job_lease_s / 3)
         store = open_store(self.settings.resolved_store_url)
         while not self.stop_event.wait(interval):
-            with self._active_lock:
-                active = list(self._active)
-            store.heartbeat(active, self.settings.job_lease_s)
+            try:
+                self.housekeeping(store)
+            except Exception:  # keep heart-beating whatever one round hit (e.g. a locked database)
+                log.exception("housekeeping failed")
 
     def serve_forever(self, max_batches: int | None = None) -> None:
-        threading.Thread(target=self._heartbeat_loop, daemon=True, name="heartbeat").start()
+        threading.Thread(target=self._housekeeping_loop, daemon=True, name="housekeeping").start()
         pending: Future[ClaimedBatch | None] | None = None
         try:
             while not self.stop_event.is_set():
-                self.housekeeping()
                 batch = pending.result() if pending is not None else self.claim_next()
                 pending = None
                 if batch is None:
