@@ -33,6 +33,7 @@ APP = "test/echo"
 JS_DIR = Path(__file__).parent / "js"
 MiB = 1024 * 1024
 BIG = 101 * MiB  # above both clients' multipart thresholds (Python 100 MiB, JS 90 MiB)
+LIVE_LIMIT = 110 * MiB
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -76,7 +77,8 @@ def leftover_parts(data_dir: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    live = LiveServer(tmp_path_factory.mktemp("uploads"), env={"FAL_ONPREM_API_KEYS": KEY})
+    env = {"FAL_ONPREM_API_KEYS": KEY, "FAL_ONPREM_MAX_UPLOAD_BYTES": str(LIVE_LIMIT)}
+    live = LiveServer(tmp_path_factory.mktemp("uploads"), env=env)
     live.start()
     yield live
     live.stop()
@@ -137,6 +139,22 @@ def test_python_uploaded_image_is_job_input(client: fal_client.SyncClient) -> No
     unreachable = urlunsplit(("http", "files.invalid:9", urlsplit(url).path, "", ""))
     offline = client.subscribe(APP, arguments={"image_url": unreachable, "seed": 4})
     np.testing.assert_array_equal(decoded(offline["image"]["url"]), decoded(from_data_uri["image"]["url"]))
+
+
+def test_live_oversize_stream_is_refused_when_the_limit_is_crossed(server: LiveServer) -> None:
+    r = httpx.post(f"{server.url}/rest/storage/upload/initiate", json={}, headers={"Authorization": f"Key {KEY}"})
+    upload_url = r.json()["upload_url"]
+
+    def chunked() -> Iterator[bytes]:  # no Content-Length; never more than one block in memory
+        block = b"\0" * MiB
+        for _ in range(LIVE_LIMIT // MiB + 8):
+            yield block
+
+    # (httpx sends the whole body before it reads the answer; the server stops writing at the limit.)
+    r = httpx.put(upload_url, content=chunked(), timeout=60)
+    assert r.status_code == 413 and r.json()["error_type"] == "request_too_large"
+    assert leftover_parts(server.data_dir) == []
+    assert httpx.put(upload_url, content=b"fits", timeout=10).status_code == 200  # the session is still usable
 
 
 # --- JS client (node), recipes J1 and J2 ---------------------------------------------------------------
@@ -269,6 +287,9 @@ def test_cdn_token_is_checked(api: TestClient, tmp_path: Path) -> None:
     other = make_client(tmp_path / "other")  # another data dir: another secret
     r = api.post("/cdn/files/upload", content=b"x", headers={"Authorization": f"Bearer {cdn_token(other)}"})
     assert r.status_code == 403
+    keyless = cdn_token(twin_client(tmp_path, api_keys=""))  # genuine, but for no key this server accepts
+    r = api.post("/cdn/files/upload", content=b"x", headers={"Authorization": f"Bearer {keyless}"})
+    assert r.status_code == 403 and "no longer accepted" in r.json()["detail"]
     stale = cdn_token(twin_client(tmp_path, upload_ttl_s=-60))
     r = api.post("/cdn/files/upload", content=b"x", headers={"Authorization": f"Bearer {stale}"})
     assert r.status_code == 403 and "expired" in r.json()["detail"]

@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from server.auth import caller_key_id
+from server.auth import key_id as key_id_of
 from server.errors import FalError
 from server.uploads import UploadManager, UploadSession, load_or_create_secret
 from server.urls import base_url
@@ -166,6 +167,15 @@ def storage_token(
     }
 
 
+def _token_key_id(request: Request, authorization: str | None) -> str | None:
+    """Key id of a valid CDN token whose key is still configured (keys may be rotated after issue)."""
+    token_key_id = uploads(request).check_token(authorization)
+    keys = request.app.state.settings.key_list
+    if keys and token_key_id not in {key_id_of(key) for key in keys}:
+        raise FalError(403, "Upload token was issued for a key that is no longer accepted", "forbidden")
+    return token_key_id
+
+
 def _cdn_file_name(name: str | None, content_type: str | None) -> str:
     if name:
         return name
@@ -181,7 +191,7 @@ async def cdn_upload(
     x_fal_file_name: str | None = Header(default=None),
 ) -> dict[str, str]:
     manager = uploads(request)
-    key_id = manager.check_token(authorization)
+    key_id = _token_key_id(request, authorization)
     session = manager.create("single", _cdn_file_name(x_fal_file_name, content_type), content_type, key_id)
     try:
         stored = await manager.receive_whole(session, request.stream(), request.headers.get("content-length"))
@@ -198,15 +208,14 @@ def cdn_multipart_create(
     x_fal_file_name: str | None = Header(default=None),
 ) -> dict[str, str]:
     manager = uploads(request)
-    key_id = manager.check_token(authorization)
+    key_id = _token_key_id(request, authorization)
     session = manager.create("multipart", _cdn_file_name(x_fal_file_name, content_type), content_type, key_id)
     return {"access_url": session.file_url(base_url(request)), "uploadId": session.id}
 
 
 def _cdn_session(request: Request, key: str, name: str, upload_id: str, authorization: str | None) -> UploadSession:
-    manager = uploads(request)
-    manager.check_token(authorization)
-    session = manager.get(upload_id, "multipart")
+    _token_key_id(request, authorization)
+    session = uploads(request).get(upload_id, "multipart")
     if (session.file_key, session.file_name) != (key, name):
         raise FalError(404, "Upload session not found for this file", "upload_not_found")
     return session
