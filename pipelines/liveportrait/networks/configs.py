@@ -125,17 +125,16 @@ class NetworksConfig:
 REAL = NetworksConfig().check()
 
 TINY = NetworksConfig(
-    appearance=AppearanceConfig(
-        block_expansion=8, max_features=32, reshape_channel=4, reshape_depth=8, num_resblocks=1
-    ),
+    # depth 2 and compress 1 keep W's 7x7x7 mask conv cheap: its input width is fixed by 21 keypoints
+    appearance=AppearanceConfig(block_expansion=8, max_features=8, reshape_channel=4, reshape_depth=2, num_resblocks=1),
     motion=MotionConfig(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64)),
     warping=WarpingConfig(
-        block_expansion=4,
-        max_features=32,
+        block_expansion=2,
+        max_features=8,
         reshape_channel=4,
-        dense_motion=DenseMotionConfig(block_expansion=4, max_features=16, num_blocks=3, reshape_depth=8, compress=2),
+        dense_motion=DenseMotionConfig(block_expansion=4, max_features=16, num_blocks=3, reshape_depth=2, compress=1),
     ),
-    spade=SpadeConfig(block_expansion=4, max_features=16, out_channels=8, spade_hidden=16),
+    spade=SpadeConfig(block_expansion=2, max_features=8, out_channels=8, spade_hidden=8),
     stitching=StitchingConfig(
         stitching=MLPConfig(126, (16, 16), 65),
         lip=MLPConfig(65, (16, 16), 63),
