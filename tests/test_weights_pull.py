@@ -136,6 +136,16 @@ def test_lfs_redirect_to_a_cdn_does_not_leak_the_token(env, monkeypatch):
     assert all(r.authorization == "Bearer secret" for r in env.hub.requests)
 
 
+def test_xet_stored_files_take_the_resumable_http_path_when_xet_is_disabled(env, monkeypatch):
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    env.hub.xet = True
+    env.hub.drop_after[f"/{REPO}/resolve/main/ckpt/model.bin"] = 100_000
+    assert pull(env, "toy") == 0
+    assert (env.root / REPO / "ckpt/model.bin").read_bytes() == env.model_bytes
+    assert env.hub.gets("ckpt/model.bin")[-1].range == f"bytes={100_000 // CHUNK * CHUNK}-"
+    weights.check("toy", env.root)
+
+
 def test_plain_url_source(env):
     content = b"x" * 50_000
     env.hub.raw["face.pth"] = content

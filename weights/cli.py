@@ -29,7 +29,7 @@ def _pipelines(names: Sequence[str] | None) -> list[str]:
 
 def _print_report(report: Report, verb: str) -> int:
     for name, msg in report.errors.items():
-        print(f"error: {name}: {msg}", file=sys.stderr)
+        print(f"error: {msg}" if msg.startswith(name) else f"error: {name}: {msg}", file=sys.stderr)
     print(f"{verb}: {len(report.done)} done, {len(report.skipped)} already present, {len(report.errors)} failed")
     for why in report.failures.values():
         print(f"not ready: {why}", file=sys.stderr)

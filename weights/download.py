@@ -153,6 +153,18 @@ def _resumable_get(url: str, dest: Path, *, tag: str, headers: dict, expected_si
     part.replace(dest)
 
 
+def _use_xet(meta: object) -> bool:
+    if getattr(meta, "xet_file_data", None) is None:
+        return False
+    if os.environ.get("HF_HUB_DISABLE_XET", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        from huggingface_hub.utils._runtime import is_xet_available
+    except ImportError:  # pragma: no cover - moved in another huggingface_hub version
+        return False
+    return is_xet_available()
+
+
 def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     return parts.scheme, (parts.hostname or "").lower(), parts.port
@@ -168,8 +180,8 @@ def _download_hub(f: WeightFile, root: Path, token: str | bool | None) -> None:
     dest = local_path(f, root)
     if meta.etag is None or meta.commit_hash is None:
         raise WeightsError(f"{url} did not answer like a Hugging Face Hub (no ETag / X-Repo-Commit)")
-    if meta.xet_file_data is not None:
-        # Xet storage: hf_xet transfers and resumes chunks itself
+    if _use_xet(meta):
+        # Xet storage: hf_xet fetches chunks in parallel (HF_HUB_DISABLE_XET=1 selects the resumable HTTP path)
         hf_hub_download(
             f.repo_id,
             f.filename,
@@ -182,10 +194,12 @@ def _download_hub(f: WeightFile, root: Path, token: str | bool | None) -> None:
     else:
         headers = build_hf_headers(token=token)
         headers["Accept-Encoding"] = "identity"
-        if _origin(meta.location) != _origin(url):
+        if meta.xet_file_data is None and _origin(meta.location) != _origin(url):
             headers.pop("authorization", None)  # signed CDN URL: never forward the token
         size = meta.size if meta.size is not None else f.size
-        _resumable_get(meta.location, dest, tag=meta.etag, headers=headers, expected_size=size)
+        # Xet-stored files are fetched from the resolve URL itself (it redirects to a byte-serving bridge)
+        source = url if meta.xet_file_data is not None else meta.location
+        _resumable_get(source, dest, tag=meta.etag, headers=headers, expected_size=size)
     lfs_sha = meta.etag if SHA256_RE.match(meta.etag) else None
     digest = _check_failing_removes(f, dest, f.sha256 or lfs_sha)
     _record(f, root, sha256=digest, etag=meta.etag, commit=meta.commit_hash, size=dest.stat().st_size)
@@ -335,7 +349,8 @@ def pull(
             report.errors[f.display_name] = str(e)
             say(f"error: {e}")
     if convert:
-        conv = convert_files(files, root, delete_source=delete_source, say=say)
+        present = [f for f in files if find(f, root) is not None]  # failed fetches are reported already
+        conv = convert_files(present, root, delete_source=delete_source, say=say)
         report.done += conv.done
         report.errors.update(conv.errors)
     return _finish(report, pipelines, root, converted=convert)
@@ -414,7 +429,8 @@ def import_dir(
         else:
             report.errors[f.display_name] = f"not found in {src}"
     if convert:
-        conv = convert_files(files, root, delete_source=delete_source, say=say)
+        present = [f for f in files if find(f, root) is not None]  # failed fetches are reported already
+        conv = convert_files(present, root, delete_source=delete_source, say=say)
         report.done += conv.done
         report.errors.update(conv.errors)
     return _finish(report, pipelines, root, converted=convert)

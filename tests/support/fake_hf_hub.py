@@ -45,6 +45,7 @@ class FakeHub:
     fail_after: dict[str, int] = field(default_factory=dict)
     require_token: dict[str, str] = field(default_factory=dict)  # repo_id -> token
     cdn: FakeHub | None = None  # when set, resolve GETs/HEADs redirect there (302, like the Hub's LFS)
+    xet: bool = False  # announce files as Xet-stored (X-Xet-Hash headers), as the Hub does for most LFS files
     requests: list[Request] = field(default_factory=list)
 
     def add(self, repo_id: str, path: str, content: bytes) -> str:
@@ -154,6 +155,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("ETag", f'"{etag}"')
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Type", "application/octet-stream")
+        if hub.xet:
+            self.send_header("X-Xet-Hash", etag)
+            self.send_header("X-Xet-Refresh-Route", f"/api/models/{repo}/xet-read-token/{COMMIT}")
         for k, v in extra.items():
             self.send_header(k, v)
         if status == 206:
