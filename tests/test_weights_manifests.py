@@ -103,6 +103,18 @@ def test_requires_and_conversions_decide_readiness(tmp_path, monkeypatch):
     assert weights.locate("pipe", "main", root) == root / "a/pipe/main.safetensors"
 
 
+def test_missing_weights_survives_pickling(tmp_path, monkeypatch):
+    import pickle
+
+    _toy_manifests(tmp_path, monkeypatch)
+    err = weights.missing_weights("pipe", tmp_path / "w")
+    back = pickle.loads(pickle.dumps(err))
+    assert isinstance(back, weights.MissingWeights)
+    assert (back.pipeline, back.missing, back.pull_command, str(back)) == (
+        err.pipeline, err.missing, err.pull_command, str(err),
+    )  # fmt: skip
+
+
 def test_default_weights_dir_gives_the_short_command(tmp_path, monkeypatch):
     _toy_manifests(tmp_path, monkeypatch)
     monkeypatch.setenv("FAL_ONPREM_WEIGHTS_DIR", str(tmp_path / "w"))

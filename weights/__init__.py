@@ -89,6 +89,7 @@ class MissingWeights(LookupError):
         self.pipeline = pipeline
         self.missing = list(missing)
         self.unconverted = list(unconverted or [])
+        self.root = root
         self.pull_command = command_for(pipeline, "pull" if self.missing else "convert", root)
         parts = []
         if self.missing:
@@ -96,6 +97,14 @@ class MissingWeights(LookupError):
         if self.unconverted:
             parts.append("not converted yet " + ", ".join(f.display_name for f in self.unconverted))
         super().__init__(f"weights for {pipeline}: {'; '.join(parts)}; run `{self.pull_command}`")
+
+    def __reduce__(self) -> tuple:
+        # picklable across processes (a worker reports it to the API process)
+        return (_rebuild_missing, (self.pipeline, self.missing, self.unconverted, self.root))
+
+
+def _rebuild_missing(pipeline: str, missing: list, unconverted: list, root: Path | str | None) -> MissingWeights:
+    return MissingWeights(pipeline, missing, unconverted=unconverted, root=root)
 
 
 def command_for(pipeline: str, verb: str, root: Path | str | None = None) -> str:
