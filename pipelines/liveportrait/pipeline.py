@@ -136,7 +136,7 @@ class LivePortraitPipeline(Pipeline):
         # 2. source appearance and motion
         images = np.stack([s.network_input for s in sources])
         i_s = torch.from_numpy(images).to(nets.device).permute(0, 3, 1, 2).float().div(255).clamp(0, 1)
-        f_s = nets.appearance(i_s.to(nets.dtype))
+        f_s = nets.appearance(i_s)  # networks take float32 and autocast inside (F/W/G)
         motion = SourceMotion.from_raw(nets.motion(i_s))
         x_s = motion.source_keypoints()
 
@@ -148,7 +148,7 @@ class LivePortraitPipeline(Pipeline):
         ctx.progress(1, total)
 
         # 4. warp and decode
-        warped = nets.warping(f_s, kp_driving=x_d.to(nets.dtype), kp_source=x_s.to(nets.dtype))
+        warped = nets.warping(f_s, kp_driving=x_d, kp_source=x_s)
         faces = nets.spade(warped["out"]).float().clamp(0, 1)
         faces_u8 = (faces.permute(0, 2, 3, 1) * 255).clamp(0, 255).to(torch.uint8).cpu().numpy()
         ctx.progress(2, total)
