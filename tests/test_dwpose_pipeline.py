@@ -235,3 +235,15 @@ def test_standins_batched_with_static_detector(standin_weights, golden, monkeypa
     expected = [golden["s7.canvas_body_uint8"], golden["s7.canvas_full_uint8"], golden["s7.canvas_body_uint8"]]
     for out, want in zip(outputs, expected, strict=True):
         np.testing.assert_array_equal(np.asarray(decode_data_uri(out.image.url)), want)
+
+
+def test_cuda_request_without_cuda_provider_falls_back_to_cpu(monkeypatch):
+    import onnxruntime as ort
+
+    from pipelines.dwpose import runtime
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert runtime.providers_for("cuda:0") == ["CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert runtime.providers_for("cuda:1") == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    assert runtime.providers_for("cpu") == ["CPUExecutionProvider"]
