@@ -110,3 +110,20 @@ def test_endpoint_resolves_to_this_pipeline_and_its_schema_imports_no_model_libr
     code = "import sys, pipelines.liveportrait; print(sorted({'torch','cv2','onnxruntime'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_lip_zero_only_where_asked_and_the_mouth_is_open(pipeline):
+    import torch
+
+    from pipelines.liveportrait.pipeline import SourcePortrait
+
+    def source(c_s_lip):
+        return SourcePortrait(np.zeros((8, 8, 3), np.uint8), np.zeros((256, 256, 3), np.uint8), None, None, c_s_lip)
+
+    inputs = [LivePortraitImageInput(image_url="x", flag_lip_zero=flag) for flag in (True, False, True, True)]
+    sources = [source(0.3), source(0.3), source(0.01), source(None)]  # open, open, closed, no landmarks
+    x_s = torch.randn(4, 21, 3, generator=torch.Generator().manual_seed(0)) * 0.3
+    with torch.no_grad():
+        delta = pipeline._lip_zero(inputs, sources, x_s)
+    assert delta[0].abs().sum() > 0
+    assert torch.equal(delta[1:], torch.zeros_like(delta[1:]))
