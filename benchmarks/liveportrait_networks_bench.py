@@ -88,8 +88,8 @@ def fixture_errors(reference: Path, device: torch.device) -> dict:
     return table
 
 
-def timed(fn: Callable[[], object], device: torch.device, iters: int) -> float:
-    for _ in range(3):
+def timed(fn: Callable[[], object], device: torch.device, iters: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
         fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -106,7 +106,7 @@ def timed(fn: Callable[[], object], device: torch.device, iters: int) -> float:
     return (time.perf_counter() - t0) * 1000 / iters
 
 
-def latency(device: torch.device, batches: list[int], iters: int, modes: list[str]) -> dict:
+def latency(device: torch.device, batches: list[int], iters: int, warmup: int, modes: list[str]) -> dict:
     nets = build_networks(REAL, device=device, seed=0)
     f = REAL.appearance
     rows: dict = {}
@@ -137,7 +137,7 @@ def latency(device: torch.device, batches: list[int], iters: int, modes: list[st
         for mode in modes:
             with autocast(half_modules, HALF.get(mode)):
                 for name, fn in fns.items():
-                    row.setdefault(name, {})[mode] = round(timed(fn, device, iters), 2)
+                    row.setdefault(name, {})[mode] = round(timed(fn, device, iters, warmup), 2)
         rows[f"batch{batch}"] = row
         print(f"batch {batch}: {json.dumps(row)}", flush=True)
     return rows
@@ -149,6 +149,7 @@ def main() -> None:
     ap.add_argument("--fixtures", type=Path, help="reference dir (../shared/reference) for the error table")
     ap.add_argument("--batches", default="1,4,8")
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -168,7 +169,7 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = True
         modes = ["float32", "float16", "bfloat16"] if device.type == "cuda" else ["float32"]
         batches = [int(b) for b in args.batches.split(",")]
-        result["latency_ms"] = latency(device, batches, args.iters, modes)
+        result["latency_ms"] = latency(device, batches, args.iters, args.warmup, modes)
         if device.type == "cuda":
             result["max_memory_allocated_GiB"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     if args.out:

@@ -238,19 +238,23 @@ def test_manifest_lists_networks_and_cropper_models() -> None:
 
 
 @pytest.mark.slow
-def test_real_source_loads_original_pth_files(tmp_path: Path, monkeypatch) -> None:
-    """Full-size .pth files in the original layout load strictly through load_networks(real)."""
+def test_real_source_loads_pulled_and_converted_files(tmp_path: Path) -> None:
+    """Full-size .pth files in the original layout, converted by the weights tool's ``liveportrait``
+    converter, load strictly through load_networks(real) and give the same networks."""
     import weights
+    from weights.convert import run_conversion
 
     full = build_networks(REAL, seed=5)
-    paths = {}
+    entries = {f.key: f for f in weights.manifest("liveportrait")}
     for name, (key, _, _) in NETWORK_FILES.items():
-        paths[key] = tmp_path / f"{key}.pth"
-        torch.save(original_layout(name, getattr(full, name).state_dict()), paths[key])
-    monkeypatch.setattr(weights, "locate", lambda pipeline, key, root=None: paths[key])
+        src = weights.local_path(entries[key], tmp_path)
+        src.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(original_layout(name, getattr(full, name).state_dict()), src)
+        run_conversion(entries[key].convert, src, weights.converted_path(entries[key], tmp_path))
     nets = load_networks(WeightSource.real(tmp_path))
     for name in NETWORK_FILES:
         want, got = getattr(full, name).state_dict(), getattr(nets, name).state_dict()
+        assert set(want) == set(got), name
         assert all(torch.equal(want[k], got[k]) for k in want), name
     x = 0.3 * torch.randn(2, 126)
     torch.testing.assert_close(nets.stitching.stitching(x), full.stitching.stitching(x), atol=0, rtol=0)
