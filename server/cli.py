@@ -139,9 +139,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         return 2
     if args.pull:
+        from pipelines import registry
         from weights.cli import pull_missing
 
-        pull_missing(None, settings.weights_dir)
+        wanted = [
+            spec.pipeline.split(".")[1]  # "pipelines.<name>.pipeline:Class" -> manifest name
+            for spec in registry.endpoints().values()
+            if spec.pipeline and spec.pipeline.startswith("pipelines.") and settings.pipeline(spec.endpoint_id).enabled
+        ]
+        for name, reason in pull_missing(wanted, settings.weights_dir).items():
+            log.warning("%s will not be served: %s", name, reason)
 
     import uvicorn
 

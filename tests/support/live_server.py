@@ -23,7 +23,7 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """``serve --tiny`` in a child process; ``restart()`` keeps its data dir (and so its jobs)."""
+    """``serve [--tiny]`` in a child process; ``restart()`` keeps its data dir (and so its jobs)."""
 
     def __init__(
         self,
@@ -33,6 +33,7 @@ class LiveServer:
         env: dict[str, str] | None = None,
         wait_for: tuple[str, ...] = ("test/echo",),
         scheme: str = "http",
+        tiny: bool = True,
     ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
@@ -40,6 +41,7 @@ class LiveServer:
         self.env = env or {}
         self.wait_for = wait_for
         self.scheme = scheme
+        self.tiny = tiny
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir / f"server-{self.port}.log"
 
@@ -56,7 +58,7 @@ class LiveServer:
             **self.env,
         }
         cmd = [
-            sys.executable, "-m", "server.cli", "serve", "--tiny", "--host", "127.0.0.1",
+            sys.executable, "-m", "server.cli", "serve", *(["--tiny"] if self.tiny else []), "--host", "127.0.0.1",
             "--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra_args,
         ]  # fmt: skip
         log = self.log_path.open("ab")
