@@ -6,27 +6,19 @@ import time
 from collections.abc import Iterator
 
 import fal_client
-import fal_client.client as fc
 import httpx
 import pytest
 
 from tests.support.live_server import LiveServer
-from tests.support.server_fixtures import fetch_bytes, png_data_uri, wait_status
+from tests.support.server_fixtures import fetch_bytes, png_data_uri, python_client, wait_status
 
 APP = "test/echo"
 
 
 @pytest.fixture(scope="module")
 def client(live_server: LiveServer) -> Iterator[fal_client.SyncClient]:
-    """Point the module-level client at the live server exactly as the README's recipe P2 does."""
-    saved = {name: getattr(fc, name) for name in ("RUN_URL_FORMAT", "QUEUE_URL_FORMAT", "REST_URL", "CDN_URL")}
-    fc.RUN_URL_FORMAT = f"{live_server.url}/run/"
-    fc.QUEUE_URL_FORMAT = f"{live_server.url}/queue/"
-    fc.REST_URL = f"{live_server.url}/rest"
-    fc.CDN_URL = f"{live_server.url}/cdn"
-    yield fal_client.SyncClient(key="local-dummy")
-    for name, value in saved.items():
-        setattr(fc, name, value)
+    with python_client(live_server.url) as c:
+        yield c
 
 
 def echo_args(**extra: object) -> dict:

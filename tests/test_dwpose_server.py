@@ -13,10 +13,9 @@ from PIL import Image
 fal_client = pytest.importorskip("fal_client")
 skdata = pytest.importorskip("skimage.data")
 
-import fal_client.client as fc  # noqa: E402
 
 from tests.support.live_server import LiveServer  # noqa: E402
-from tests.support.server_fixtures import fetch_bytes  # noqa: E402
+from tests.support.server_fixtures import fetch_bytes, python_client  # noqa: E402
 
 APP = "fal-ai/dwpose"
 
@@ -31,14 +30,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 
 @pytest.fixture(scope="module")
 def client(server: LiveServer) -> Iterator[fal_client.SyncClient]:
-    saved = {name: getattr(fc, name) for name in ("RUN_URL_FORMAT", "QUEUE_URL_FORMAT", "REST_URL", "CDN_URL")}
-    fc.RUN_URL_FORMAT = f"{server.url}/run/"
-    fc.QUEUE_URL_FORMAT = f"{server.url}/queue/"
-    fc.REST_URL = f"{server.url}/rest"
-    fc.CDN_URL = f"{server.url}/cdn"
-    yield fal_client.SyncClient(key="local-dummy")
-    for name, value in saved.items():
-        setattr(fc, name, value)
+    with python_client(server.url) as c:
+        yield c
 
 
 def jpeg_data_uri(array: np.ndarray) -> str:

@@ -6,6 +6,7 @@ import base64
 import io
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -21,6 +22,25 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     server.start()
     yield server
     server.stop()
+
+
+@contextmanager
+def python_client(base_url: str) -> Iterator[object]:
+    """The real ``fal_client`` pointed at ``base_url`` with the README's recipe P2 (module constants)."""
+    import fal_client
+    import fal_client.client as fc
+
+    names = ("RUN_URL_FORMAT", "QUEUE_URL_FORMAT", "REST_URL", "CDN_URL")
+    saved = {name: getattr(fc, name) for name in names}
+    fc.RUN_URL_FORMAT = f"{base_url}/run/"
+    fc.QUEUE_URL_FORMAT = f"{base_url}/queue/"
+    fc.REST_URL = f"{base_url}/rest"
+    fc.CDN_URL = f"{base_url}/cdn"
+    try:
+        yield fal_client.SyncClient(key="local-dummy")
+    finally:
+        for name, value in saved.items():
+            setattr(fc, name, value)
 
 
 def png_data_uri(color: tuple[int, int, int] = (200, 100, 50), size: tuple[int, int] = (48, 40)) -> str:
