@@ -62,6 +62,7 @@ def machine(device: str) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cv2_threads": cv2.getNumThreads(),
+        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],  # the CPU may be shared
     }
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -123,6 +124,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--size", default="768x1024", help="person image WxH fed to the parsers")
     ap.add_argument("--tf32", action="store_true", help="allow TF32 matmul/conv on CUDA")
+    ap.add_argument("--channels-last", action="store_true", help="run the network in NHWC memory format")
     ap.add_argument("--out", type=Path, default=None, help="result file (default benchmarks/results/...)")
     args = ap.parse_args()
 
@@ -141,7 +143,7 @@ def main() -> None:
     results = []
     for dataset in args.datasets:
         t0 = time.perf_counter()
-        parser = HumanParser.load(dataset, source, device=args.device, dtype=args.dtype)
+        parser = HumanParser.load(dataset, source, args.device, args.dtype, channels_last=args.channels_last)
         load_s = time.perf_counter() - t0
         for batch in args.batches:
             r = {"parser": dataset, "input_size": list(parser.config.input_size), "load_s": round(load_s, 2)}
@@ -165,6 +167,7 @@ def main() -> None:
         "device": args.device,
         "dtype": args.dtype,
         "tf32": args.tf32,
+        "channels_last": args.channels_last,
         "person_size_wh": [width, height],
         "machine": info,
         "results": results,

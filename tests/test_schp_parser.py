@@ -156,3 +156,11 @@ def test_inverse_warp_equals_the_original_per_channel_loop(classes: int) -> None
     expected = np.argmax(np.stack(channels, axis=2), axis=2)
     labels = labels_in_image(logits, inp)
     assert np.array_equal(labels, expected)
+
+
+def test_channels_last_gives_the_same_labels() -> None:
+    images = _tiny_images()
+    plain = HumanParser.load("lip", WeightSource.tiny(5))
+    nhwc = HumanParser.load("lip", WeightSource.tiny(5), channels_last=True)
+    inputs = [plain.prepare(im) for im in images]
+    torch.testing.assert_close(nhwc.upsampled_logits(inputs), plain.upsampled_logits(inputs), rtol=1e-5, atol=1e-5)
