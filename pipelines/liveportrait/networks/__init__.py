@@ -35,7 +35,7 @@ from pipelines.contract import WeightSource
 from .appearance import AppearanceFeatureExtractor
 from .blocks import Network
 from .configs import FIXTURES, REAL, TINY, NetworksConfig
-from .motion import MotionExtractor, bins_to_degrees
+from .motion import GRN, ChannelsFirstLayerNorm, MotionExtractor, bins_to_degrees
 from .precision import autocast_dtypes, resolve_dtype
 from .spade import SPADEDecoder, SpectralNormConv2d
 from .state_dict import normalize_state_dict
@@ -53,6 +53,7 @@ __all__ = [
     "build_network",
     "build_networks",
     "load_checkpoint",
+    "load_network",
     "load_networks",
     "randomize_",
 ]
@@ -108,10 +109,10 @@ def randomize_(module: nn.Module, generator: torch.Generator) -> nn.Module:
             uniform(m.bias, -0.1, 0.1)
             uniform(m.running_mean, -0.1, 0.1)
             uniform(m.running_var, 0.5, 1.5)
-        elif isinstance(m, nn.LayerNorm) or type(m).__name__ == "ChannelsFirstLayerNorm":
+        elif isinstance(m, nn.LayerNorm | ChannelsFirstLayerNorm):
             uniform(m.weight, 0.75, 1.25)
             uniform(m.bias, -0.1, 0.1)
-        elif type(m).__name__ == "GRN":
+        elif isinstance(m, GRN):
             uniform(m.gamma, -0.5, 0.5)
             uniform(m.beta, -0.1, 0.1)
         elif isinstance(m, SpectralNormConv2d):
