@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from anyio import to_thread
 
@@ -209,8 +209,8 @@ class UploadManager:
         size = 0
         buf = bytearray()
 
-        def flush(f: object, data: bytes) -> None:
-            f.write(data)  # type: ignore[attr-defined]
+        def flush(f: BinaryIO, data: bytes) -> None:
+            f.write(data)
             md5.update(data)
 
         with dest.open("wb") as f:
