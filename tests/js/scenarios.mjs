@@ -21,8 +21,9 @@ if (mode === "middleware") {
 // 48x40 PNG, one colour (made by the test and passed in the environment).
 const image_url = process.env.TEST_IMAGE_URI;
 const report = {};
+// The timer is unref'd so a finished scenario does not keep node alive for the full timeout.
 const withTimeout = (p, ms, what) =>
-  Promise.race([p, new Promise((_, rej) => setTimeout(() => rej(new Error(`timeout: ${what}`)), ms))]);
+  Promise.race([p, new Promise((_, rej) => setTimeout(() => rej(new Error(`timeout: ${what}`)), ms).unref())]);
 
 async function scenario(name, fn) {
   try {
