@@ -48,16 +48,27 @@ class FileStore:
         return self.save_as(key, data, content_type, file_name)
 
     def save_as(self, key: str, data: bytes, content_type: str | None, file_name: str | None) -> StoredFile:
-        name = safe_file_name(file_name)
-        folder = self.root / key
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / name
+        folder, name = self._folder(key), safe_file_name(file_name)
         tmp = folder / f".{name}.tmp"
         tmp.write_bytes(data)
-        tmp.replace(path)
+        return self._publish(key, tmp, name, content_type)
+
+    def adopt(self, key: str, source: Path, content_type: str | None, file_name: str | None) -> StoredFile:
+        """Move a finished file (e.g. an assembled upload on the same filesystem) into the store."""
+        self._folder(key)
+        return self._publish(key, source, safe_file_name(file_name), content_type)
+
+    def _folder(self, key: str) -> Path:
+        folder = self.root / key
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def _publish(self, key: str, source: Path, name: str, content_type: str | None) -> StoredFile:
+        path = self.root / key / name
+        source.replace(path)  # atomic: readers see the whole file or none
         ctype = content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
-        (folder / ".content-type").write_text(ctype)
-        return StoredFile(key, name, path, ctype, len(data))
+        (self.root / key / ".content-type").write_text(ctype)
+        return StoredFile(key, name, path, ctype, path.stat().st_size)
 
     def open(self, key: str, name: str) -> StoredFile | None:
         if not _KEY.match(key):

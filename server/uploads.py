@@ -298,11 +298,7 @@ class UploadManager:
         return stored
 
     def _publish(self, session: UploadSession, path: Path) -> StoredFile:
-        # save_as creates the FileStore's folder and content-type entry; the real bytes then replace
-        # its empty placeholder in one rename (same filesystem: both live under data_dir).
-        stored = self.files.save_as(session.file_key, b"", session.content_type, session.file_name)
-        os.replace(path, stored.path)
-        return StoredFile(stored.key, stored.name, stored.path, stored.content_type, stored.path.stat().st_size)
+        return self.files.adopt(session.file_key, path, session.content_type, session.file_name)
 
 
 def _part_name(number: int) -> str:
