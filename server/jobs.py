@@ -18,7 +18,7 @@ from server.errors import FalError
 from server.store import Job, JobStore, LogEntry
 from server.urls import request_urls
 
-READY_STALE_S = 120.0
+READY_STALE_S = 30.0  # workers re-report every second; older reports belong to dead workers
 
 
 def iso(ts: float) -> str:
@@ -75,7 +75,7 @@ def ensure_available(spec: EndpointSpec, store: JobStore) -> None:
         raise FalError(503, f"{spec.endpoint_id}: {spec.unavailable_reason}", "pipeline_unavailable")
     now = time.time()
     states = [s for s in store.pipeline_states() if s.endpoint == spec.endpoint_id]
-    live = [s for s in states if s.state != "failed" or now - s.updated_at < READY_STALE_S]
+    live = [s for s in states if now - s.updated_at < READY_STALE_S]
     if live and all(s.state == "failed" for s in live):
         raise FalError(503, f"{spec.endpoint_id} is unavailable: {live[0].reason}", "pipeline_unavailable")
 

@@ -22,16 +22,14 @@ def healthz() -> dict[str, str]:
 def pipeline_readiness(request: Request) -> dict[str, dict[str, Any]]:
     """Per endpoint: ``ready`` / ``loading`` / ``failed`` / ``unavailable`` with a reason."""
     now = time.time()
-    states = [s for s in request.app.state.store.pipeline_states() if now - s.updated_at < READY_STALE_S * 10]
+    states = [s for s in request.app.state.store.pipeline_states() if now - s.updated_at < READY_STALE_S]
     out: dict[str, dict[str, Any]] = {}
     for endpoint_id, spec in request.app.state.endpoints.items():
         if spec.pipeline is None:
             out[endpoint_id] = {"state": "unavailable", "reason": spec.unavailable_reason, "workers": []}
             continue
         mine = [s for s in states if s.endpoint == endpoint_id]
-        workers = [
-            {"worker": s.worker_id, "device": s.device, "state": s.state, "reason": s.reason} for s in mine
-        ]
+        workers = [{"worker": s.worker_id, "device": s.device, "state": s.state, "reason": s.reason} for s in mine]
         if any(s.state == "ready" for s in mine):
             state, reason = "ready", ""
         elif any(s.state == "loading" for s in mine) or not mine:

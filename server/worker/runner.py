@@ -70,6 +70,8 @@ class Worker:
         self._prepare_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="prepare")
         self._prefetch_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
         self.batches_run = 0
+        self.states: dict[str, tuple[str, str]] = {}  # endpoint -> (state, reason), re-reported as a heartbeat
+        self._housekeeping_thread: threading.Thread | None = None
 
     # -- loading
     def weight_source(self) -> WeightSource:
@@ -79,6 +81,7 @@ class Worker:
         return WeightSource(s.weights_source, s.seed)
 
     def load_pipelines(self) -> None:
+        self.start_housekeeping()  # loading can take minutes: keep the readiness reports fresh meanwhile
         specs = [
             spec
             for spec in registry.endpoints().values()
@@ -114,6 +117,7 @@ class Worker:
             )
 
     def _report(self, endpoint: str, state: str, reason: str = "") -> None:
+        self.states[endpoint] = (state, reason)
         self.store.set_pipeline_state(PipelineState(endpoint, self.worker_id, state, reason, self.device))  # type: ignore[arg-type]
 
     # -- claiming
@@ -233,8 +237,8 @@ class Worker:
         store.heartbeat(active, self.settings.job_lease_s)
         store.expire_deadlines()
         store.recover_expired_leases(self.settings.max_attempts)
-        for endpoint in self.loaded:
-            store.set_pipeline_state(PipelineState(endpoint, self.worker_id, "ready", "", self.device))
+        for endpoint, (state, reason) in list(self.states.items()):
+            store.set_pipeline_state(PipelineState(endpoint, self.worker_id, state, reason, self.device))  # type: ignore[arg-type]
         if self.device.startswith("cuda"):
             import torch
 
@@ -254,8 +258,15 @@ class Worker:
             except Exception:  # keep heart-beating whatever one round hit (e.g. a locked database)
                 log.exception("housekeeping failed")
 
+    def start_housekeeping(self) -> None:
+        if self._housekeeping_thread is None:
+            self._housekeeping_thread = threading.Thread(
+                target=self._housekeeping_loop, daemon=True, name="housekeeping"
+            )
+            self._housekeeping_thread.start()
+
     def serve_forever(self, max_batches: int | None = None) -> None:
-        threading.Thread(target=self._housekeeping_loop, daemon=True, name="housekeeping").start()
+        self.start_housekeeping()
         pending: Future[ClaimedBatch | None] | None = None
         try:
             while not self.stop_event.is_set():
@@ -275,6 +286,7 @@ class Worker:
                 if leftover is not None:
                     self.run_batch(leftover)
             self.stop_event.set()
+            self.store.clear_pipeline_states(self.worker_id)  # a stopped worker serves nothing
 
     def stop(self) -> None:
         self.stop_event.set()
