@@ -93,6 +93,28 @@ def test_meta_load_is_strict(lp_ref: Path, name: str) -> None:
 # --- parity with the original implementation (random-weight fixtures) ------------------------------
 
 
+def state_dict_digest(sd: dict[str, torch.Tensor]) -> str:
+    """The fixtures' digest: sha256 over sorted keys of ``key|shape|dtype|raw bytes``."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for key in sorted(sd):
+        t = sd[key].detach().contiguous().cpu()
+        shape = ",".join(map(str, t.shape))
+        h.update(f"{key}|{shape}|{str(t.dtype).removeprefix('torch.')}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("name", NAMES)
+def test_loaded_state_dict_matches_fixture_digest(lp_ref: Path, name: str) -> None:
+    """Strict load keeps every tensor (keys, shapes, dtypes, bytes) of the original state dict."""
+    index = json.loads((lp_ref / "fixtures" / "fixtures_index.json").read_text())[manifest_key(name)]
+    module = load_network(name, FIXTURES, fixture_tensors(lp_ref, name, "weights"))
+    assert state_dict_digest(module.state_dict()) == index["state_dict_sha256"]
+
+
 @pytest.mark.reference
 @pytest.mark.parametrize("name", NAMES)
 def test_fixture_parity(lp_ref: Path, name: str) -> None:
