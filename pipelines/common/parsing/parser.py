@@ -9,7 +9,9 @@ sizes share one batch, since each is warped to the fixed network input.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 
@@ -143,6 +145,11 @@ def labels_in_image(upsampled: np.ndarray, inp: ParserInput) -> np.ndarray:
     return np.argmax(warped, axis=2).astype(np.uint8)
 
 
+@cache
+def _postprocess_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="schp-post")
+
+
 class HumanParser:
     """One SCHP parser (LIP or ATR) on a device. Call it with a list of RGB images."""
 
@@ -195,7 +202,10 @@ class HumanParser:
         if not inputs:
             return []
         upsampled = self.upsampled_logits(inputs).cpu().numpy()
-        return [labels_in_image(logits, inp) for logits, inp in zip(upsampled, inputs, strict=True)]
+        if len(inputs) == 1:
+            return [labels_in_image(upsampled[0], inputs[0])]
+        # cv2 and numpy release the GIL: the per-item inverse warps run side by side.
+        return list(_postprocess_pool().map(labels_in_image, upsampled, inputs))
 
     def __call__(self, images: Sequence[Image.Image | np.ndarray]) -> list[np.ndarray]:
         return self.parse([self.prepare(image) for image in images])
