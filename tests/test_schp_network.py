@@ -109,3 +109,21 @@ def test_stagewise_parity_with_original(reference_dir: Path, dataset: str) -> No
     for name in ("layer1", "layer2", "layer3", "layer4", "context_encoding", "decoder", "edge"):
         close(stages[name][:, :4], ref[f"{name}.ch0_4"], f"{name}.ch0_4")
         close(stages[name].mean(dim=(0, 2, 3)), ref[f"{name}.channel_mean"], f"{name}.channel_mean")
+
+
+@pytest.mark.parametrize("activation", [True, False])
+def test_abn_equals_batchnorm_then_leaky_relu(activation: bool) -> None:
+    """InPlaceABNSync at inference == BatchNorm2d(eval) followed by LeakyReLU(0.01) (or nothing)."""
+    from pipelines.common.parsing.network import ABN
+
+    torch.manual_seed(0)
+    abn, bn = ABN(6, activation=activation), torch.nn.BatchNorm2d(6).eval()
+    for t in (abn, bn):
+        t.weight.data = torch.linspace(0.5, 1.5, 6)
+        t.bias.data = torch.linspace(-0.2, 0.3, 6)
+        t.running_mean.copy_(torch.linspace(-1, 1, 6))
+        t.running_var.copy_(torch.linspace(0.5, 2, 6))
+    x = torch.randn(2, 6, 5, 7)
+    expected = torch.nn.functional.leaky_relu(bn(x), 0.01) if activation else bn(x)
+    torch.testing.assert_close(abn(x), expected, rtol=0, atol=1e-6)
+    assert set(abn.state_dict()) == {"weight", "bias", "running_mean", "running_var"}
