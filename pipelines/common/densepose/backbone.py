@@ -79,7 +79,7 @@ class ResNet(nn.Module):
         cin = cfg.stem_out_channels
         self.stage_names = ("res2", "res3", "res4", "res5")
         self.out_channels: dict[str, int] = {}
-        for i, (name, n_blocks) in enumerate(zip(self.stage_names, RESNET_BLOCKS, strict=True)):
+        for i, (name, n_blocks) in enumerate(zip(self.stage_names, RESNET_BLOCKS[cfg.depth], strict=True)):
             bottleneck = cfg.res2_bottleneck_channels * 2**i
             cout = cfg.res2_out_channels * 2**i
             first_stride = 1 if i == 0 else 2

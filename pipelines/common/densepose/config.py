@@ -1,7 +1,7 @@
 """Configuration of DensePose R-50-FPN (``densepose_rcnn_R_50_FPN_s1x``), as plain data.
 
 Only the knobs that differ between the real model and the reduced ("thin") golden config are
-fields; everything else (depth 50, anchors, NMS and top-k settings, ROIAlign sizes, 8 head convs,
+fields, plus the ResNet depth; everything else (anchors, NMS and top-k settings, ROIAlign sizes, 8 head convs,
 deconv kernel 4, ×2 upsampling) is a constant of the architecture and lives here as module-level
 values so both sizes run the same code.
 """
@@ -16,8 +16,8 @@ PIXEL_MEAN_BGR = (103.53, 116.28, 123.675)
 MAX_SIZE_TEST = 1333
 SIZE_DIVISIBILITY = 32
 
-# ResNet-50 (MSRA, STRIDE_IN_1X1, FrozenBN eps 1e-5).
-RESNET_BLOCKS = (3, 4, 6, 3)
+# MSRA ResNet (STRIDE_IN_1X1, FrozenBN eps 1e-5): bottleneck blocks per stage res2..res5 by depth.
+RESNET_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 FROZEN_BN_EPS = 1e-5
 
 # FPN levels and strides.
@@ -59,8 +59,9 @@ CATVTON_SCORE_THRESH = 0.8
 
 @dataclass(frozen=True)
 class DensePoseConfig:
-    """The seven widths and the test short side; the names follow detectron2's config keys."""
+    """Depth, the seven widths and the test short side; the names follow detectron2's config keys."""
 
+    depth: int = 50  # MODEL.RESNETS.DEPTH (the checkpoint and both golden configs use 50)
     stem_out_channels: int = 64  # MODEL.RESNETS.STEM_OUT_CHANNELS
     res2_bottleneck_channels: int = 64  # MODEL.RESNETS.WIDTH_PER_GROUP (×2 per stage)
     res2_out_channels: int = 256  # MODEL.RESNETS.RES2_OUT_CHANNELS (×2 per stage)
