@@ -158,3 +158,13 @@ def test_full_chain(full_model, reference_dir, consumer):
         check_leffa_iuv(leffa_iuv_from_result(result), chain)
     else:
         check_catvton_map(np.asarray(catvton_map_from_result(result, (768, 1024))), chain)
+
+
+def test_leffa_condition_matches_the_leffa_golden(reference_dir):
+    """The Leffa fixture's IUV image through ``leffa_condition`` equals the original transform's tensor."""
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    golden = load_file(str(reference_dir / "leffa/fixtures/golden/golden.safetensors"))
+    iuv = np.asarray(Image.open(reference_dir / "leffa/fixtures/inputs/densepose_iuv_192x256.png"))
+    assert torch.equal(leffa_condition(iuv), golden["pre.densepose"])

@@ -76,4 +76,4 @@ def leffa_iuv(labels: torch.Tensor, uv: torch.Tensor, box_xyxy: torch.Tensor, hw
 def leffa_condition(iuv: np.ndarray) -> torch.Tensor:
     """The tensor Leffa's ``LeffaTransform()`` (try-on mode, as the app builds it) makes of the IUV image:
     ``x / 127.5 - 1`` on all three channels, (1, 3, H, W) float32."""
-    return (torch.from_numpy(np.ascontiguousarray(iuv)).permute(2, 0, 1)[None].float() / 127.5) - 1
+    return (torch.from_numpy(np.array(iuv, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 127.5) - 1
