@@ -168,3 +168,22 @@ def test_leffa_condition_matches_the_leffa_golden(reference_dir):
     golden = load_file(str(reference_dir / "leffa/fixtures/golden/golden.safetensors"))
     iuv = np.asarray(Image.open(reference_dir / "leffa/fixtures/inputs/densepose_iuv_192x256.png"))
     assert torch.equal(leffa_condition(iuv), golden["pre.densepose"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["thin", "full"])
+def test_end_to_end_detection_at_the_leffa_threshold(reference_dir, variant, tiny, full_model):
+    """The whole predict path (resize, detector, postprocess) on the Leffa canvas at threshold 0.5."""
+    import json
+
+    chain = Chain(reference_dir, variant, "leffa")
+    meta = json.loads((chain.dir / "meta.json").read_text())["e2e_detections_at_consumer_thresh"]
+    dp = tiny if variant == "thin" else DensePose(full_model)
+    result = dp.predict([chain.network_order_canvas()], 0.5)[0]
+    assert len(result) == meta["count"]
+    top = torch.tensor(meta["top_scores"])
+    torch.testing.assert_close(result.scores[: len(top)], top, atol=6e-5, rtol=0)
+    if variant == "full":  # well-separated scores: the top box is the reference's, in the canvas frame
+        ref_boxes, ref_scores = chain["c.e2e_thresh0.boxes"], chain["c.e2e_thresh0.scores"]
+        scale = torch.tensor([768 / 800, 1024 / 1067, 768 / 800, 1024 / 1067])
+        torch.testing.assert_close(result.boxes[0], ref_boxes[ref_scores.argmax()] * scale, atol=0.05, rtol=0)
