@@ -17,9 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 class FalError(Exception):
     """Raised by route helpers; rendered as a fal-style JSON error."""
 
-    def __init__(
-        self, status_code: int, detail: str | list[dict[str, Any]], error_type: str, **headers: str
-    ) -> None:
+    def __init__(self, status_code: int, detail: str | list[dict[str, Any]], error_type: str, **headers: str) -> None:
         super().__init__(str(detail))
         self.status_code = status_code
         self.detail = detail
@@ -65,9 +63,7 @@ def validation_detail(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if "input" in err:
             item["input"] = err["input"]
         if err.get("ctx"):
-            item["ctx"] = {
-                k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in err["ctx"].items()
-            }
+            item["ctx"] = {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in err["ctx"].items()}
         out.append(item)
     return out
 

@@ -49,11 +49,7 @@ class FalProxyMiddleware:
         target = headers.get("x-fal-target-url")
         routed = target_path(target) if target else None
         if routed is None:
-            msg = (
-                "x-fal-target-url is missing"
-                if not target
-                else f"x-fal-target-url {target!r} is not a fal URL"
-            )
+            msg = "x-fal-target-url is missing" if not target else f"x-fal-target-url {target!r} is not a fal URL"
             await error_response(400, msg, "invalid_proxy_target")(scope, receive, send)
             return
         path, query = routed

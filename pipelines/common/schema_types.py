@@ -6,9 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-ImageSizePreset = Literal[
-    "square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9"
-]
+ImageSizePreset = Literal["square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9"]
 
 # fal toolkit IMAGE_SIZE_PRESETS, as (width, height).
 IMAGE_SIZE_PRESETS: dict[str, tuple[int, int]] = {

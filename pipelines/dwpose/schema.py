@@ -8,17 +8,13 @@ from pydantic import BaseModel, Field
 
 from pipelines.common.schema_types import Image
 
-DrawMode = Literal[
-    "full-pose", "body-pose", "face-pose", "hand-pose", "face-hand-mask", "face-mask", "hand-mask"
-]
+DrawMode = Literal["full-pose", "body-pose", "face-pose", "hand-pose", "face-hand-mask", "face-mask", "hand-mask"]
 
 
 class DWPoseInput(BaseModel):
     image_url: str = Field(
         description="URL of the image to be processed",
-        examples=[
-            "https://github.com/badayvedat/sane-controlnet-aux/blob/main/tests/data/pose_sample.jpg?raw=true"
-        ],
+        examples=["https://github.com/badayvedat/sane-controlnet-aux/blob/main/tests/data/pose_sample.jpg?raw=true"],
     )
     draw_mode: DrawMode = Field(
         default="body-pose",

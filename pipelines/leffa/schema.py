@@ -12,9 +12,7 @@ from pipelines.common.schema_types import Image, OutputFormat
 
 
 class LeffaPoseTransferInput(BaseModel):
-    num_inference_steps: int = Field(
-        default=50, ge=1, le=50, description="The number of inference steps to perform."
-    )
+    num_inference_steps: int = Field(default=50, ge=1, le=50, description="The number of inference steps to perform.")
     seed: int | None = Field(
         default=None,
         description="The same seed and the same input given to the same version of the model will "
@@ -33,9 +31,7 @@ class LeffaPoseTransferInput(BaseModel):
         "uploaded before returning the response. This will increase the latency of the function but "
         "it allows you to get the image directly in the response without going through the CDN.",
     )
-    enable_safety_checker: bool = Field(
-        default=True, description="If set to true, the safety checker will be enabled."
-    )
+    enable_safety_checker: bool = Field(default=True, description="If set to true, the safety checker will be enabled.")
     output_format: OutputFormat = Field(default="png", description="The format of the generated image.")
     pose_image_url: str = Field(
         description="Url for the human image.",

@@ -13,9 +13,7 @@ from pipelines.common.schema_types import Image, OutputFormat
 class LivePortraitImageInput(BaseModel):
     image_url: str = Field(
         description="URL of the image to be animated",
-        examples=[
-            "https://storage.googleapis.com/falserverless/model_tests/live-portrait/XKEmk3mAzGHUjK3qqH-UL.jpeg"
-        ],
+        examples=["https://storage.googleapis.com/falserverless/model_tests/live-portrait/XKEmk3mAzGHUjK3qqH-UL.jpeg"],
     )
     blink: float = Field(default=0.0, ge=-30, le=30, description="Amount to blink the eyes")
     eyebrow: float = Field(default=0.0, ge=-30, le=30, description="Amount to raise or lower eyebrows")
@@ -37,9 +35,7 @@ class LivePortraitImageInput(BaseModel):
     flag_do_crop: bool = Field(
         default=True, description="Whether to crop the source portrait to the face-cropping space."
     )
-    flag_do_rot: bool = Field(
-        default=True, description="Whether to conduct the rotation when flag_do_crop is True."
-    )
+    flag_do_rot: bool = Field(default=True, description="Whether to conduct the rotation when flag_do_crop is True.")
     flag_lip_zero: bool = Field(
         default=True,
         description="Whether to set the lip to closed state before animation. Only takes effect when "
@@ -50,8 +46,7 @@ class LivePortraitImageInput(BaseModel):
     vx_ratio: float = Field(default=0.0, description="Horizontal offset ratio for face crop.")
     vy_ratio: float = Field(
         default=-0.125,
-        description="Vertical offset ratio for face crop. Positive values move up, negative values "
-        "move down.",
+        description="Vertical offset ratio for face crop. Positive values move up, negative values move down.",
     )
     enable_safety_checker: bool = Field(
         default=False,

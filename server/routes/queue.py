@@ -140,14 +140,10 @@ def build_router(endpoints: dict[str, EndpointSpec]) -> APIRouter:
         )
 
     @router.get("/{prefix:path}/requests/{request_id}")
-    def result(
-        request: Request, prefix: str, request_id: str, key_id: str | None = Depends(caller_key_id)
-    ) -> Response:
+    def result(request: Request, prefix: str, request_id: str, key_id: str | None = Depends(caller_key_id)) -> Response:
         job = jobs.find_job(_store(request), prefix, request_id, key_id)
         if job.status != "COMPLETED":
-            raise FalError(
-                400, "Request is still in progress", "request_not_completed", **{"x-fal-request-id": job.id}
-            )
+            raise FalError(400, "Request is still in progress", "request_not_completed", **{"x-fal-request-id": job.id})
         if job.error:
             return job_error_response(job.error, job.id)
         return JSONResponse(job.result, headers={"x-fal-request-id": job.id})

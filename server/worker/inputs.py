@@ -43,9 +43,7 @@ def make_image_loader(settings: Settings, files: FileStore) -> ImageLoader:
         if url.startswith(("http://", "https://")):
             from server.net.fetch import fetch_bytes, policy_from_settings
 
-            data, _ = asyncio.run(
-                fetch_bytes(url, policy_from_settings(settings), max_bytes=limits.max_bytes)
-            )
+            data, _ = asyncio.run(fetch_bytes(url, policy_from_settings(settings), max_bytes=limits.max_bytes))
             return data
         raise ValueError("unsupported URL; use http(s)://, data: or a /files/ URL of this server")
 
