@@ -81,3 +81,14 @@ def test_rejects_unknown_cloth_type_and_mismatched_shapes() -> None:
         cloth_agnostic_mask(a, a, a, "hat")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         cloth_agnostic_mask(a, a, np.zeros((64, 44), np.uint8), "upper")
+
+
+def test_sizes_not_divisible_by_four_keep_their_shape() -> None:
+    h, w = 203, 149
+    dense = np.zeros((h, w), np.uint8)
+    dense[50:150, 40:110] = 1
+    lip = np.where(dense > 0, 5, 0).astype(np.uint8)
+    atr = np.where(dense > 0, 4, 0).astype(np.uint8)
+    mask = cloth_agnostic_mask(dense, lip, atr, "overall")
+    assert mask.shape == (h, w)
+    assert mask[100, 75] == 255 and mask[5, 5] == 0

@@ -158,7 +158,9 @@ def cloth_agnostic_mask(
     strong_mask = lip_or_atr(MASK_CLOTH_PARTS[cloth_type])
     background = part_mask(lip, ("Background",), LIP_MAPPING) & part_mask(atr, ("Background",), ATR_MAPPING)
 
-    # DensePose body area, grown at quarter resolution (the 4x round trip is nearest-neighbour).
+    # DensePose body area, grown at quarter resolution (the 4x round trip is nearest-neighbour). The
+    # original upscales by fx=4 and so fails unless w and h are multiples of 4; resizing to (w, h)
+    # is identical for those sizes and still defined for others.
     dense = part_mask(densepose, MASK_DENSE_PARTS[cloth_type], DENSE_INDEX_MAP).astype(np.uint8)
     dense = cv2.resize(dense, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_NEAREST)
     dense = cv2.dilate(dense, kernel, iterations=2)
