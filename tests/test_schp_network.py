@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,15 @@ from safetensors.torch import load_file
 from pipelines.common.parsing import checkpoint
 from pipelines.common.parsing.config import config_for
 from pipelines.common.parsing.network import SCHPNet
-from tests.support.schp import golden_parser
+from tests.support.schp import golden_parser, release_golden_parsers
 
 DATASETS = ("lip", "atr")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_full_size_parsers() -> Iterator[None]:
+    yield
+    release_golden_parsers()
 
 
 def _manifest(reference_dir: Path) -> dict:

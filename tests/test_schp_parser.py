@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -17,11 +18,17 @@ from pipelines.common.parsing.config import config_for
 from pipelines.common.parsing.network import SCHPNet
 from pipelines.common.parsing.parser import HumanParser, labels_in_image, normalize, prepare_input
 from pipelines.contract import WeightSource
-from tests.support.schp import golden_parser
+from tests.support.schp import golden_parser, release_golden_parsers
 from weights import MissingWeights
 from weights.convert import run_conversion
 
 DATASETS = ("lip", "atr")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_full_size_parsers() -> Iterator[None]:
+    yield
+    release_golden_parsers()
 
 
 def _person(reference_dir: Path) -> Image.Image:
