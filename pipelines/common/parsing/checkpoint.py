@@ -1,4 +1,4 @@
-"""State dicts for the SCHP parsers: checkpoint key handling, seeded random weights, safetensors files.
+"""State dicts for the SCHP parsers: checkpoint key handling (strict, no renames) and seeded random weights.
 
 Checkpoints are the upstream SCHP ``.pth`` files (``{'state_dict': {'module.<name>': tensor}}``).
 They are converted once to safetensors with the ``module.`` prefix stripped (``convert.py``); serving
