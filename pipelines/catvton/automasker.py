@@ -16,6 +16,8 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from pipelines.common.parsing.config import ATR_LABELS, LIP_LABELS
+
 ClothType = Literal["upper", "lower", "overall", "inner", "outer"]
 CLOTH_TYPES: tuple[ClothType, ...] = ("upper", "lower", "overall", "inner", "outer")
 
@@ -43,15 +45,6 @@ DENSE_INDEX_MAP: dict[str, tuple[int, ...]] = {
     "forearms": (19, 20, 21, 22),
 }
 
-LIP_LABELS = (
-    "Background", "Hat", "Hair", "Glove", "Sunglasses", "Upper-clothes", "Dress", "Coat", "Socks", "Pants",
-    "Jumpsuits", "Scarf", "Skirt", "Face", "Left-arm", "Right-arm", "Left-leg", "Right-leg", "Left-shoe",
-    "Right-shoe",
-)  # fmt: skip
-ATR_LABELS = (
-    "Background", "Hat", "Hair", "Sunglasses", "Upper-clothes", "Skirt", "Pants", "Dress", "Belt",
-    "Left-shoe", "Right-shoe", "Face", "Left-leg", "Right-leg", "Left-arm", "Right-arm", "Bag", "Scarf",
-)  # fmt: skip
 LIP_MAPPING = {name: (i,) for i, name in enumerate(LIP_LABELS)}
 ATR_MAPPING = {name: (i,) for i, name in enumerate(ATR_LABELS)}
 

@@ -10,14 +10,14 @@
 
 from __future__ import annotations
 
-import math
-import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from pipelines.common.tensors import TORCH_DTYPES
+from pipelines.common.tensors import recipe_array as common_recipe_array
 from pipelines.contract import WeightSource
 
 from .config import REAL_CONFIG, TINY_CONFIG, DensePoseConfig
@@ -25,23 +25,14 @@ from .model import DensePoseRCNN
 
 PIPELINE = "densepose"  # weights/manifests/densepose.json
 CHECKPOINT_KEY = "model"  # model_final_162be9.pkl, served from converted/densepose/model.safetensors
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def recipe_array(tag: str, key: str, shape: tuple[int, ...]) -> np.ndarray:
-    """Recipe v1 of shared/reference/densepose (deterministic on any machine)."""
-    rs = np.random.RandomState(zlib.crc32(f"{tag}:{key}".encode()) & 0xFFFFFFFF)
-    if key.endswith("running_var"):
-        a = rs.uniform(0.5, 2.0, shape)
-    elif len(shape) == 1 and key.endswith("weight"):
-        a = rs.uniform(0.5, 1.5, shape)
-    elif len(shape) == 1:
-        a = rs.normal(0.0, 0.1, shape)
-    else:
-        a = rs.normal(0.0, 1.0, shape) * math.sqrt(1.0 / int(np.prod(shape[1:])))
+    """Recipe v1 of shared/reference/densepose: the shared recipe, with the stem scaled for raw pixels."""
+    a = common_recipe_array(tag, key, shape)
     if key == "backbone.bottom_up.stem.conv1.weight":
-        a = a * (1.0 / 64)  # the input is raw 0..255 pixels
-    return a.astype(np.float32)
+        a = a * np.float32(1.0 / 64)  # the input is raw 0..255 pixels
+    return a
 
 
 def random_state_dict(model: DensePoseRCNN, tag: str) -> dict[str, torch.Tensor]:

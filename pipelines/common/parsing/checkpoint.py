@@ -7,12 +7,11 @@ only reads the safetensors (``weights.locate("schp", "lip"|"atr")``) and never u
 
 from __future__ import annotations
 
-import math
-import zlib
 from collections.abc import Mapping
 
-import numpy as np
 import torch
+
+from pipelines.common.tensors import recipe_array
 
 from .config import Dataset
 from .network import SCHPNet
@@ -49,24 +48,6 @@ def load_strict(net: SCHPNet, state_dict: Mapping[str, torch.Tensor]) -> None:
     """Check keys and shapes, then load (``assign``: a net built on ``meta`` takes the tensors)."""
     check_keys(net, state_dict)
     net.load_state_dict(dict(state_dict), strict=True, assign=True)
-
-
-def recipe_array(tag: str, key: str, shape: tuple[int, ...]) -> np.ndarray:
-    """Deterministic random tensor for a checkpoint key (recipe v1 of the reference fixtures).
-
-    BatchNorm scales near 1 and variances in [0.5, 2] keep activations finite through 101 layers;
-    conv weights are fan-in scaled. ``key`` includes the ``module.`` prefix.
-    """
-    rs = np.random.RandomState(zlib.crc32(f"{tag}:{key}".encode()) & 0xFFFFFFFF)
-    if key.endswith("running_var"):
-        a = rs.uniform(0.5, 2.0, shape)
-    elif len(shape) == 1 and key.endswith("weight"):
-        a = rs.uniform(0.5, 1.5, shape)
-    elif len(shape) == 1:
-        a = rs.normal(0.0, 0.1, shape)
-    else:
-        a = rs.normal(0.0, 1.0, shape) * math.sqrt(1.0 / int(np.prod(shape[1:])))
-    return a.astype(np.float32)
 
 
 def recipe_tag(dataset: Dataset, tiny: bool, seed: int) -> str:

@@ -22,14 +22,13 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 
+from pipelines.common.tensors import TORCH_DTYPES
 from pipelines.contract import Dtype, WeightSource
 from weights import locate
 
 from . import checkpoint
 from .config import NORMALIZE_MEAN, NORMALIZE_STD, Dataset, SCHPConfig, config_for
 from .network import SCHPNet
-
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def box_center_scale(width: int, height: int, aspect_ratio: float) -> tuple[np.ndarray, np.ndarray]:

@@ -31,17 +31,12 @@ from __future__ import annotations
 
 import torch
 
-_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+from pipelines.common.tensors import torch_dtype
+
 HALF_PRECISION_NETWORKS = ("appearance", "warping", "spade")
 
 
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return _NAMES[dtype.removeprefix("torch.")]
-    except KeyError:
-        raise ValueError(f"unsupported dtype {dtype!r}; use one of {sorted(_NAMES)}") from None
+resolve_dtype = torch_dtype
 
 
 def autocast_dtypes(dtype: torch.dtype, device: torch.device) -> dict[str, torch.dtype | None]:
