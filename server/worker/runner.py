@@ -82,11 +82,14 @@ class Worker:
 
     def load_pipelines(self) -> None:
         self.start_housekeeping()  # loading can take minutes: keep the readiness reports fresh meanwhile
-        specs = [
-            spec
-            for spec in registry.endpoints().values()
-            if spec.pipeline is not None and self.settings.pipeline(spec.endpoint_id).enabled
-        ]
+        specs = []
+        for spec in registry.endpoints().values():
+            if spec.pipeline is None:
+                log.info("%s: not served: %s", spec.endpoint_id, spec.unavailable_reason)
+            elif not self.settings.pipeline(spec.endpoint_id).enabled:
+                log.info("%s: not served: disabled in the configuration", spec.endpoint_id)
+            else:
+                specs.append(spec)
         for spec in specs:
             self._report(spec.endpoint_id, "loading")
         for spec in specs:
