@@ -1,0 +1,82 @@
+"""Helpers the benchmark scripts share: a run context that costs nothing, sample photos, timing."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pipelines.contract import WeightSource
+
+# skimage's sample photos: people, objects, an animal, a scene, two grey/texture ones
+SAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "immunohistochemistry")
+
+
+class NullContext:
+    """RunContext that keeps nothing and skips encoding (the worker's job, timed separately if at all)."""
+
+    def log(self, message: str, item: int | None = None, level: str = "INFO") -> None: ...
+
+    def progress(self, step: int, total: int) -> None: ...
+
+    def is_cancelled(self, item: int) -> bool:
+        return False
+
+    def seed(self, item: int) -> int:
+        return item
+
+    def save_image(self, item: int, image: Any, output_format: str = "png") -> dict[str, Any]:
+        width, height = image.size if isinstance(image, Image.Image) else np.asarray(image).shape[1::-1]
+        content_type = "image/jpeg" if output_format in ("jpeg", "jpg") else f"image/{output_format}"
+        return {"url": "about:blank", "content_type": content_type, "width": width, "height": height}
+
+
+def sample_photos(
+    names: Sequence[str] = SAMPLE_PHOTOS,
+    size: tuple[int, int] | None = None,
+    resample: Image.Resampling = Image.Resampling.BICUBIC,
+) -> list[Image.Image]:
+    """skimage sample images as RGB PIL images (grey ones replicated), resized to ``size`` (W, H) if given."""
+    import skimage.data
+
+    photos = [Image.fromarray(getattr(skimage.data, name)()).convert("RGB") for name in names]
+    return [p.resize(size, resample) for p in photos] if size else photos
+
+
+def add_source_args(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--source {random_full,tiny,real}`` and ``--weights-dir`` (for ``real``)."""
+    parser.add_argument("--source", choices=["random_full", "tiny", "real"], default=default)
+    parser.add_argument("--weights-dir", type=str, default=None, help="for --source real (default: HF cache)")
+
+
+def weight_source(args: argparse.Namespace) -> WeightSource:
+    if args.source == "real":
+        return WeightSource.real(args.weights_dir)
+    return {"tiny": WeightSource.tiny, "random_full": WeightSource.random_full}[args.source]()
+
+
+def sync(device: str) -> None:
+    """Wait for queued GPU work, so wall-clock times include it."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], iters: int, *, warmup: int = 0, device: str = "cpu") -> list[float]:
+    """Seconds per call of ``fn``, ``iters`` times after ``warmup`` untimed calls; a torch CUDA ``device``
+    is synchronised around each call."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
