@@ -1,6 +1,7 @@
 """LivePortrait networks on one device: reduced-precision error and per-network latency.
 
-Two parts, both printed as JSON (and written with ``--out``):
+Two parts, both printed as JSON and written to ``benchmarks/results/<date>_<device>_liveportrait_networks.json``
+(or ``--out``) with the machine description:
 
 - ``--fixtures <reference dir>``: each network at its fixture config with the fixture weights, run in
   float32, under autocast float16 / bfloat16 (what ``load_networks`` does on CUDA for F, W, G) and with
@@ -11,8 +12,8 @@ Two parts, both printed as JSON (and written with ``--out``):
 
 Usage::
 
-    PYTHONPATH=. python benchmarks/liveportrait_networks_bench.py --device cuda --fixtures ../shared/reference \\
-        --out benchmarks/results/<date>-<device>-liveportrait-networks.json
+    python -m benchmarks.liveportrait_networks_bench --device cuda --fixtures ../shared/reference
+    python -m benchmarks.liveportrait_networks_bench --device cpu --batches 1 --iters 2   # latency only, short
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ import contextlib
 import copy
 import json
 import platform
-import time
+import statistics
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
+from benchmarks.common import timed
+from benchmarks.machine import machine_info, write_result
 from pipelines.liveportrait.networks import FIXTURES, NETWORK_FILES, REAL, build_networks, load_network
 from pipelines.liveportrait.networks.motion import bins_to_degrees
 
@@ -88,22 +91,20 @@ def fixture_errors(reference: Path, device: torch.device) -> dict:
     return table
 
 
-def timed(fn: Callable[[], object], device: torch.device, iters: int, warmup: int = 3) -> float:
+def mean_ms(fn: Callable[[], object], device: torch.device, iters: int, warmup: int = 3) -> float:
+    """Mean milliseconds per call after ``warmup`` calls; on CUDA from events around back-to-back calls."""
+    if device.type != "cuda":
+        return statistics.fmean(timed(fn, iters, warmup=warmup)) * 1000
     for _ in range(warmup):
         fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(iters):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / iters
-    t0 = time.perf_counter()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
     for _ in range(iters):
         fn()
-    return (time.perf_counter() - t0) * 1000 / iters
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters
 
 
 def latency(device: torch.device, batches: list[int], iters: int, warmup: int, modes: list[str]) -> dict:
@@ -137,14 +138,14 @@ def latency(device: torch.device, batches: list[int], iters: int, warmup: int, m
         for mode in modes:
             with autocast(half_modules, HALF.get(mode)):
                 for name, fn in fns.items():
-                    row.setdefault(name, {})[mode] = round(timed(fn, device, iters, warmup), 2)
+                    row.setdefault(name, {})[mode] = round(mean_ms(fn, device, iters, warmup), 2)
         rows[f"batch{batch}"] = row
         print(f"batch {batch}: {json.dumps(row)}", flush=True)
     return rows
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--fixtures", type=Path, help="reference dir (../shared/reference) for the error table")
     ap.add_argument("--batches", default="1,4,8")
@@ -172,9 +173,8 @@ def main() -> None:
         result["latency_ms"] = latency(device, batches, args.iters, args.warmup, modes)
         if device.type == "cuda":
             result["max_memory_allocated_GiB"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    result["machine"] = machine_info(args.device, ("torch",))
+    print(f"wrote {write_result('liveportrait_networks', args.device, result, args.out)}")
 
 
 if __name__ == "__main__":
