@@ -1,8 +1,8 @@
 """DensePose R-50-FPN throughput: images/s for the consumers' calls, at several batch sizes.
 
-    python benchmarks/densepose_bench.py                                  # random_full, CPU, short
-    python benchmarks/densepose_bench.py --device cuda --batches 1 4 8 16 --iters 10
-    python benchmarks/densepose_bench.py --source real --weights-dir /data/weights --device cuda
+    python -m benchmarks.densepose_bench                                  # random_full, CPU, short
+    python -m benchmarks.densepose_bench --device cuda --batches 1 4 8 16 --iters 10
+    python -m benchmarks.densepose_bench --source real --weights-dir /data/weights --device cuda
 
 Per batch size it times ``DensePose.predict`` as the consumers call it (``max_instances=1``) on
 768×1024 person photos: the detector, the DensePose branch for the top instance, and the products
@@ -17,55 +17,30 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from benchmarks.machine import machine_info, write_result  # noqa: E402
-from pipelines.common.densepose.predictor import DensePose  # noqa: E402
-from pipelines.contract import WeightSource  # noqa: E402
+from benchmarks.common import SAMPLE_PHOTOS, add_source_args, sample_photos, timed, weight_source
+from benchmarks.machine import machine_info, write_result
+from pipelines.common.densepose.predictor import DensePose
 
 
 def photos(n: int, size: tuple[int, int]) -> list[np.ndarray]:
-    import skimage.data as sd
-
-    arrays = [sd.astronaut(), sd.coffee(), sd.chelsea(), sd.rocket()]
-    return [np.array(Image.fromarray(arrays[i % len(arrays)]).convert("RGB").resize(size)) for i in range(n)]
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def timed(fn, device: str, warmup: int, iters: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return times
+    """``n`` person-sized photos, cycling through four distinct ones."""
+    distinct = [np.array(p) for p in sample_photos(SAMPLE_PHOTOS[:4], size)]
+    return [distinct[i % len(distinct)] for i in range(n)]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--source", default="random_full", choices=["random_full", "tiny", "real"])
-    parser.add_argument("--weights-dir", type=Path)
+    add_source_args(parser, default="random_full")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--iters", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
@@ -78,13 +53,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    source = {
-        "random_full": WeightSource.random_full(),
-        "tiny": WeightSource.tiny(),
-        "real": WeightSource.real(args.weights_dir),
-    }[args.source]
     t0 = time.perf_counter()
-    dp = DensePose.load(source, args.device, args.dtype)
+    dp = DensePose.load(weight_source(args), args.device, args.dtype)
     load_s = time.perf_counter() - t0
 
     rows = []
@@ -98,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         detections = [len(r) for r in dp.predict(images, 0.5)]
         for name, fn in calls.items():
-            times = timed(fn, args.device, args.warmup, args.iters)
+            times = timed(fn, args.iters, warmup=args.warmup, device=args.device)
             median = statistics.median(times)
             row = {
                 "call": name,
