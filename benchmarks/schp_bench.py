@@ -1,8 +1,8 @@
 """SCHP human parsers (LIP 473², ATR 512²) throughput: images/s at several batch sizes.
 
-    python benchmarks/schp_bench.py                                   # random_full, CPU, short
-    python benchmarks/schp_bench.py --device cuda --dtype float16 --batches 1 8 32
-    python benchmarks/schp_bench.py --source real --weights-dir /data/weights --device cuda
+    python -m benchmarks.schp_bench                                   # random_full, CPU, short
+    python -m benchmarks.schp_bench --device cuda --dtype float16 --batches 1 8 32
+    python -m benchmarks.schp_bench --source real --weights-dir /data/weights --device cuda
 
 Per parser and batch size it times the three stages separately and end to end:
 ``prepare`` (CPU affine warp, per image), ``network`` (upload, normalise, forward, upsample; device
@@ -14,90 +14,38 @@ Inputs are distinct photos resized to the person size CatVTON uses (768x1024 by 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime as dt
-import json
-import os
-import platform
-import re
 import statistics
-import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from pipelines.common.parsing.parser import HumanParser, ParserInput, labels_in_image  # noqa: E402
-from pipelines.contract import WeightSource  # noqa: E402
+from benchmarks.common import add_source_args, sample_photos, timed, weight_source
+from benchmarks.machine import machine_info, write_result
+from pipelines.common.parsing.parser import HumanParser, ParserInput, labels_in_image
 
 
 def photos(size: tuple[int, int]) -> list[np.ndarray]:
-    import skimage.data as sd
-
-    arrays = [sd.astronaut(), sd.coffee(), sd.chelsea(), sd.rocket(), sd.immunohistochemistry()]
-    return [np.array(Image.fromarray(a).convert("RGB").resize(size, Image.LANCZOS)) for a in arrays]
-
-
-def machine(device: str) -> dict[str, Any]:
-    import cv2
-
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    match = re.search(r"model name\s*:\s*(.+)", cpuinfo)
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "opencv": cv2.__version__,
-        "numpy": np.__version__,
-        "cpu": match.group(1).strip() if match else platform.processor(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cv2_threads": cv2.getNumThreads(),
-        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],  # the CPU may be shared
-    }
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(device)
-        with contextlib.suppress(OSError, subprocess.CalledProcessError):
-            info["nvidia_smi"] = subprocess.run(
-                ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                capture_output=True, text=True, check=True,
-            ).stdout.strip()  # fmt: skip
-    return info
-
-
-def timed(fn: Callable[[], Any], device: str, iters: int) -> list[float]:
-    times = []
-    for _ in range(iters):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return times
+    names = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
+    return [np.array(p) for p in sample_photos(names, size, Image.Resampling.LANCZOS)]
 
 
 def bench(parser: HumanParser, images: list[np.ndarray], batch: int, iters: int, warmup: int) -> dict[str, Any]:
     device = str(parser.device)
     batch_images = [images[i % len(images)] for i in range(batch)]
-    prep = timed(lambda: [parser.prepare(im) for im in batch_images], device, iters)
+    prep = timed(lambda: [parser.prepare(im) for im in batch_images], iters, device=device)
     inputs: list[ParserInput] = [parser.prepare(im) for im in batch_images]
     for _ in range(warmup):
         parser.parse(inputs)
-    net = timed(lambda: parser.upsampled_logits(inputs), device, iters)
+    net = timed(lambda: parser.upsampled_logits(inputs), iters, device=device)
     logits = parser.upsampled_logits(inputs).cpu().numpy()
-    post = timed(lambda: [labels_in_image(lg, inp) for lg, inp in zip(logits, inputs, strict=True)], device, iters)
-    whole = timed(lambda: parser(batch_images), device, iters)
+    post = timed(
+        lambda: [labels_in_image(lg, inp) for lg, inp in zip(logits, inputs, strict=True)], iters, device=device
+    )
+    whole = timed(lambda: parser(batch_images), iters, device=device)
     med = statistics.median
     return {
         "batch": batch,
@@ -114,8 +62,7 @@ def bench(parser: HumanParser, images: list[np.ndarray], batch: int, iters: int,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--source", choices=["random_full", "tiny", "real"], default="random_full")
-    ap.add_argument("--weights-dir", default=None)
+    add_source_args(ap, default="random_full")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     ap.add_argument("--datasets", nargs="+", default=["lip", "atr"], choices=["lip", "atr"])
@@ -132,11 +79,7 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if args.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
-    source = {
-        "random_full": WeightSource.random_full(),
-        "tiny": WeightSource.tiny(),
-        "real": WeightSource.real(args.weights_dir),
-    }[args.source]
+    source = weight_source(args)
     width, height = (int(v) for v in args.size.split("x"))
     images = photos((width, height))
 
@@ -158,23 +101,18 @@ def main() -> None:
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
 
-    info = machine(args.device)
-    device_name = "cpu" if args.device == "cpu" else re.sub(r"\W+", "-", info.get("gpu", "gpu")).strip("-")
     record = {
         "benchmark": "schp",
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "source": args.source,
         "device": args.device,
         "dtype": args.dtype,
         "tf32": args.tf32,
         "channels_last": args.channels_last,
         "person_size_wh": [width, height],
-        "machine": info,
+        "machine": machine_info(args.device, ("torch", "opencv", "numpy")),
         "results": results,
     }
-    out = args.out or ROOT / "benchmarks" / "results" / f"{dt.date.today().isoformat()}_{device_name}_schp.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    out = write_result("schp", args.device, record, args.out)
     print(f"wrote {out}")
 
 
