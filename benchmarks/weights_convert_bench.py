@@ -1,7 +1,7 @@
 """Cost of the one-time Leffa conversion (``split_fp16``): time and peak memory, on a synthetic
 checkpoint with Leffa's group sizes scaled down (``--scale 1`` is the real 20.9 GB file).
 
-    python benchmarks/weights_convert_bench.py --scale 0.05      # ~1 GB checkpoint, a few seconds
+    python -m benchmarks.weights_convert_bench --scale 0.05      # ~1 GB checkpoint, a few seconds
 
 The conversion runs in a child process so its memory can be read alone: peak anonymous RSS (what
 the conversion really needs) and peak RSS including the memory-mapped checkpoint pages (reclaimable).
@@ -11,10 +11,7 @@ Results go to ``benchmarks/results/<date>_<device>_weights_convert.json``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -23,6 +20,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from benchmarks.machine import machine_info, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 # Leffa pose_transfer.pth: (prefix, parameters, tensors) from the reference manifest
@@ -58,20 +57,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", type=float, default=0.05)
     ap.add_argument("--workdir", type=Path, default=None, help="where to write the checkpoint (default: a temp dir)")
+    ap.add_argument("--out", type=Path, default=None, help="result file (default benchmarks/results/...)")
     args = ap.parse_args()
 
-    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        src = Path(tmp) / "pose_transfer.pth"
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp_dir:
+        tmp = Path(tmp_dir).resolve()
+        src = tmp / "pose_transfer.pth"
         t0 = time.perf_counter()
         sizes = synthetic_checkpoint(src, args.scale)
         save_s = time.perf_counter() - t0
         code = (
-            "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]);"
-            "from weights.convert import run_conversion;"
-            "run_conversion('split_fp16', Path(sys.argv[2]), Path(sys.argv[3]))"
+            "import sys; from pathlib import Path; from weights.convert import run_conversion;"
+            "run_conversion('split_fp16', Path(sys.argv[1]), Path(sys.argv[2]))"
         )
         t0 = time.perf_counter()
-        child = subprocess.Popen([sys.executable, "-c", code, str(ROOT), str(src), str(Path(tmp) / "out")])
+        # from the repository root, where `python -c` finds the `weights` package
+        child = subprocess.Popen([sys.executable, "-c", code, str(src), str(tmp / "out")], cwd=ROOT)
         peak_anon = 0
         while child.poll() is None:
             peak_anon = max(peak_anon, _rss_anon(child.pid))
@@ -79,20 +80,14 @@ def main() -> None:
         assert child.returncode == 0
         convert_s = time.perf_counter() - t0
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # Linux: KiB
-        out_bytes = sum(p.stat().st_size for p in (Path(tmp) / "out").iterdir())
+        out_bytes = sum(p.stat().st_size for p in (tmp / "out").iterdir())
         src_bytes = src.stat().st_size
 
     largest_fp16 = max(sizes.values()) * 2
     result = {
         "benchmark": "weights_convert",
-        "date": dt.date.today().isoformat(),
         "device": "cpu",
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "load_avg_1m": round(os.getloadavg()[0], 1),  # this box is shared: timings are noisy
-            "torch": torch.__version__,
-        },
+        "machine": machine_info("cpu", ("torch",)),
         "scale": args.scale,
         "checkpoint_bytes": src_bytes,
         "converted_bytes": out_bytes,
@@ -105,8 +100,7 @@ def main() -> None:
         "full_leffa_convert_minutes_at_this_rate": round(20.874e9 / (src_bytes / convert_s) / 60, 1),
     }
     print(json.dumps(result, indent=1))
-    out = ROOT / "benchmarks" / "results" / f"{result['date']}_cpu_weights_convert.json"
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {write_result('weights_convert', 'cpu', result, args.out)}")
 
 
 if __name__ == "__main__":
