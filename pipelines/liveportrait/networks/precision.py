@@ -7,7 +7,7 @@ everything runs float32 whatever is asked (no speed gain there; half kernels are
 
 Measured on CPU against the reference fixtures (max |error| vs the original float32 outputs; output
 magnitudes are O(0.1–1.5), images in [0, 1]; torch 2.15; reproduce with
-``PYTHONPATH=. python benchmarks/liveportrait_networks_bench.py --device cpu --fixtures ../shared/reference``):
+``python -m benchmarks.liveportrait_networks_bench --device cpu --fixtures ../shared/reference --out /tmp/x.json``):
 
 =========================  ===========  ===========  ===========  ==========================
 network (fixture config)   float32      autocast f16 autocast bf16 weights cast to f16 / bf16
