@@ -16,6 +16,7 @@ from server import webhooks
 from server.config import Settings
 from server.errors import FalError, on_fal_error, on_http_error, on_validation_error
 from server.files import FileStore
+from server.janitor import janitor
 from server.limits import BodyLimitMiddleware
 from server.proxy import FalProxyMiddleware
 from server.routes import files, ops, queue, run, storage
@@ -30,7 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
-        async with webhooks.delivery(app):
+        async with janitor(app), webhooks.delivery(app):
             yield
         app.state.store.close()
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
+from server.store import Job, SQLiteJobStore
 from tests.support.live_server import LiveServer
 from tests.support.server_fixtures import png_data_uri, wait_completed, wait_status
 
@@ -51,3 +54,20 @@ def test_job_that_kills_its_worker_twice_fails_clearly(server: LiveServer) -> No
     # the server keeps serving afterwards
     ok = httpx.post(f"{server.url}/queue/test/echo", json={"image_url": png_data_uri(), "seed": 1}).json()
     assert "error" not in wait_completed(ok["status_url"], timeout=120)
+
+
+def test_api_alone_recovers_a_dead_workers_job(tmp_path: Path) -> None:
+    """No worker alive at all: the API process still re-queues, then fails, an orphaned job."""
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    store.create(Job(id="orphan", endpoint="test/echo", input={"image_url": "x"}))
+    store.claim_batch("test/echo", "dead-worker", lambda inp: (), 1, lease_s=-1)  # claimed, lease expired
+    api = LiveServer(tmp_path, extra_args=["--no-worker"], wait_for=())
+    api.start()
+    try:
+        url = f"{api.url}/queue/test/echo/requests/orphan/status"
+        deadline = time.monotonic() + 30
+        while httpx.get(url).json()["status"] == "IN_PROGRESS" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert httpx.get(url).json()["status"] == "IN_QUEUE"  # re-queued once, waiting for a worker
+    finally:
+        api.stop()

@@ -1,0 +1,42 @@
+"""Queue housekeeping in the API process, so that no job waits on a worker that is gone.
+
+Workers do the same on their own heartbeat thread; this copy covers the case where none is alive
+(all crashed, or ``serve --no-worker`` with external workers down): start deadlines still expire and
+a dead worker's jobs are still re-queued once, then failed, never left IN_PROGRESS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+from anyio import to_thread
+from fastapi import FastAPI
+
+log = logging.getLogger("fal_onprem.janitor")
+
+INTERVAL_S = 2.0
+
+
+async def _loop(app: FastAPI) -> None:
+    store, settings = app.state.store, app.state.settings
+    while True:
+        try:
+            await to_thread.run_sync(store.expire_deadlines)
+            await to_thread.run_sync(store.recover_expired_leases, settings.max_attempts)
+        except Exception:  # e.g. a locked database: try again next round
+            log.exception("queue housekeeping failed")
+        await asyncio.sleep(INTERVAL_S)
+
+
+@asynccontextmanager
+async def janitor(app: FastAPI) -> AsyncIterator[None]:
+    task = asyncio.create_task(_loop(app), name="queue-janitor")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
