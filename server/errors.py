@@ -11,7 +11,27 @@ from fastapi import Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class FalErrorBody(BaseModel):
+    detail: str | list[dict[str, Any]]
+    error_type: str | None = None
+    message: str | None = None
+
+
+def _doc(description: str) -> dict[str, Any]:
+    return {"model": FalErrorBody, "description": description}
+
+
+# Documented answers of the submit and run routes besides success (OpenAPI).
+SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: _doc("Missing or invalid API key (when keys are configured)"),
+    413: _doc("Request body over the configured limit"),
+    422: _doc("Invalid input: fal's validation list `[{loc, msg, type}]`"),
+    503: _doc("The endpoint's pipeline is not built, or its weights are missing (the detail names the fix)"),
+}
 
 
 class FalError(Exception):

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pipelines.contract import EndpointSpec
 from server import jobs
 from server.auth import caller_key_id
-from server.errors import FalError, job_error_response
+from server.errors import SUBMIT_RESPONSES, FalError, job_error_response
 from server.store import JobStore
 from server.urls import base_url, request_urls
 
@@ -78,6 +78,7 @@ def build_router(endpoints: dict[str, EndpointSpec]) -> APIRouter:
             f"/{spec.endpoint_id}",
             submit_route(spec),
             methods=["POST"],
+            responses=SUBMIT_RESPONSES,
             summary=f"Submit a request to {spec.endpoint_id}",
             description=spec.title,
         )

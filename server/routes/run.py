@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from pipelines.contract import EndpointSpec
 from server import jobs
 from server.auth import caller_key_id
-from server.errors import FalError, job_error_response
+from server.errors import SUBMIT_RESPONSES, FalError, job_error_response
 from server.store import JobStore
 from server.urls import base_url
 
@@ -69,6 +69,7 @@ def build_router(endpoints: dict[str, EndpointSpec]) -> APIRouter:
             f"/{spec.endpoint_id}",
             run_route(spec),
             methods=["POST"],
+            responses=SUBMIT_RESPONSES,
             response_model=spec.output_model,
             response_model_exclude_none=True,
             summary=f"Run {spec.endpoint_id} and wait for the result",
