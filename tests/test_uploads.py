@@ -16,7 +16,6 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import fal_client
-import fal_client.client as fc
 import httpx
 import numpy as np
 import pytest
@@ -26,7 +25,7 @@ from PIL import Image
 from server.app import create_app
 from server.config import Settings
 from tests.support.live_server import LiveServer
-from tests.support.server_fixtures import png_data_uri
+from tests.support.server_fixtures import png_data_uri, python_client
 
 KEY = "upload-test-key"
 APP = "test/echo"
@@ -86,16 +85,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 
 @pytest.fixture(scope="module")
 def client(server: LiveServer) -> Iterator[fal_client.SyncClient]:
-    """Recipe P2 (module constants); restored afterwards."""
-    names = ("RUN_URL_FORMAT", "QUEUE_URL_FORMAT", "REST_URL", "CDN_URL")
-    saved = {name: getattr(fc, name) for name in names}
-    fc.RUN_URL_FORMAT = f"{server.url}/run/"
-    fc.QUEUE_URL_FORMAT = f"{server.url}/queue/"
-    fc.REST_URL = f"{server.url}/rest"
-    fc.CDN_URL = f"{server.url}/cdn"
-    yield fal_client.SyncClient(key=KEY)
-    for name, value in saved.items():
-        setattr(fc, name, value)
+    with python_client(server.url, KEY) as c:
+        yield c
 
 
 def test_python_small_uploads_round_trip(client: fal_client.SyncClient, tmp_path: Path) -> None:

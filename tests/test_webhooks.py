@@ -17,7 +17,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import fal_client
-import fal_client.client as fc
 import httpx
 import pytest
 
@@ -27,7 +26,7 @@ from server.store import Job, SQLiteJobStore
 from server.webhook_signing import WebhookSigner, verify
 from server.webhooks import WebhookSender, backoff_s, url_checker, webhook_body
 from tests.support.live_server import LiveServer
-from tests.support.server_fixtures import png_data_uri
+from tests.support.server_fixtures import png_data_uri, python_client
 
 APP = "test/echo"
 ERROR_422 = {"status_code": 422, "detail": [{"loc": ["body", "x"], "msg": "bad", "type": "t"}], "error_type": "v"}
@@ -265,15 +264,8 @@ def test_sender_in_process_delivers_and_gives_up(tmp_path: Path, receiver: Recei
 
 @pytest.fixture
 def fal(hook_server: LiveServer) -> Iterator[fal_client.SyncClient]:
-    names = ("RUN_URL_FORMAT", "QUEUE_URL_FORMAT", "REST_URL", "CDN_URL")
-    saved = {name: getattr(fc, name) for name in names}
-    fc.RUN_URL_FORMAT = f"{hook_server.url}/run/"
-    fc.QUEUE_URL_FORMAT = f"{hook_server.url}/queue/"
-    fc.REST_URL = f"{hook_server.url}/rest"
-    fc.CDN_URL = f"{hook_server.url}/cdn"
-    yield fal_client.SyncClient(key="local-dummy")
-    for name, value in saved.items():
-        setattr(fc, name, value)
+    with python_client(hook_server.url) as c:
+        yield c
 
 
 def test_signed_webhooks_for_a_result_and_a_failure(

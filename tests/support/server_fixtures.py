@@ -25,7 +25,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
 
 
 @contextmanager
-def python_client(base_url: str) -> Iterator[object]:
+def python_client(base_url: str, key: str = "local-dummy") -> Iterator[object]:
     """The real ``fal_client`` pointed at ``base_url`` with the README's recipe P2 (module constants)."""
     import fal_client
     import fal_client.client as fc
@@ -37,7 +37,7 @@ def python_client(base_url: str) -> Iterator[object]:
     fc.REST_URL = f"{base_url}/rest"
     fc.CDN_URL = f"{base_url}/cdn"
     try:
-        yield fal_client.SyncClient(key="local-dummy")
+        yield fal_client.SyncClient(key=key)
     finally:
         for name, value in saved.items():
             setattr(fc, name, value)
