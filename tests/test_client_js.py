@@ -2,49 +2,19 @@
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-from pathlib import Path
-
 import pytest
 
+from tests.support.js import ok, requires_js_client, run_node_report
 from tests.support.live_server import LiveServer
 from tests.support.server_fixtures import fetch_bytes, png_data_uri
 
-JS_DIR = Path(__file__).parent / "js"
 APP = "test/echo"
-
-
-def _client_installed() -> bool:
-    return (JS_DIR / "node_modules" / "@fal-ai" / "client" / "package.json").is_file()
-
-
-pytestmark = pytest.mark.skipif(
-    shutil.which("node") is None or not _client_installed(),
-    reason="node or tests/js/node_modules missing: run `npm ci --prefix tests/js` (scripts/test.sh does)",
-)
+pytestmark = requires_js_client
 
 
 @pytest.fixture(scope="module", params=["middleware", "proxy"])
 def report(request: pytest.FixtureRequest, live_server: LiveServer) -> dict:
-    proc = subprocess.run(
-        ["node", "scenarios.mjs", live_server.url, request.param, APP],
-        cwd=JS_DIR,
-        env={**os.environ, "TEST_IMAGE_URI": png_data_uri()},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr + proc.stdout
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def ok(report: dict, name: str) -> dict:
-    entry = report[name]
-    assert entry["ok"], entry.get("error")
-    return entry
+    return run_node_report("scenarios.mjs", [live_server.url, request.param, APP], {"TEST_IMAGE_URI": png_data_uri()})
 
 
 def test_subscribe_polling_with_logs(report: dict) -> None:

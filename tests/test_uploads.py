@@ -6,10 +6,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import json
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,12 +22,12 @@ from PIL import Image
 
 from server.app import create_app
 from server.config import Settings
+from tests.support.js import MISSING, js_client_available, ok, run_node_report
 from tests.support.live_server import LiveServer
 from tests.support.server_fixtures import png_data_uri, python_client
 
 KEY = "upload-test-key"
 APP = "test/echo"
-JS_DIR = Path(__file__).parent / "js"
 MiB = 1024 * 1024
 BIG = 101 * MiB  # above both clients' multipart thresholds (Python 100 MiB, JS 90 MiB)
 LIVE_LIMIT = 110 * MiB
@@ -151,33 +149,19 @@ def test_live_oversize_stream_is_refused_when_the_limit_is_crossed(server: LiveS
 # --- JS client (node), recipes J1 and J2 ---------------------------------------------------------------
 
 
-def _js_client_installed() -> bool:
-    return (JS_DIR / "node_modules" / "@fal-ai" / "client" / "package.json").is_file()
-
-
 @pytest.fixture(scope="module", params=["middleware", "proxy"])
 def js_report(request: pytest.FixtureRequest, server: LiveServer) -> dict:
-    if shutil.which("node") is None or not _js_client_installed():
-        pytest.skip("node or tests/js/node_modules missing: run `npm ci --prefix tests/js`")
+    if not js_client_available():
+        pytest.skip(MISSING)
     big = BIG if request.param == "proxy" else 0  # the big upload once per client (J2 also routes initiate-multipart)
-    proc = subprocess.run(
-        ["node", "uploads.mjs", server.url, request.param, APP, str(big)],
-        cwd=JS_DIR,
-        env={**os.environ, "TEST_IMAGE_URI": png_data_uri(), "FAL_KEY": KEY},
-        capture_output=True,
-        text=True,
+    report = run_node_report(
+        "uploads.mjs",
+        [server.url, request.param, APP, str(big)],
+        {"TEST_IMAGE_URI": png_data_uri(), "FAL_KEY": KEY},
         timeout=420,
     )
-    assert proc.returncode == 0, proc.stderr + proc.stdout
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
     report["mode"] = request.param
     return report
-
-
-def ok(report: dict, name: str) -> dict:
-    entry = report[name]
-    assert entry["ok"], entry.get("error")
-    return entry
 
 
 def test_js_small_uploads_round_trip(js_report: dict) -> None:
