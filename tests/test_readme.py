@@ -6,7 +6,6 @@ import base64
 import io
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +14,10 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
+from tests.support.js import JS_DIR, requires_js_client
 from tests.support.live_server import LiveServer
 
 REPO = Path(__file__).resolve().parents[1]
-JS_DIR = REPO / "tests" / "js"
 README_BASE = "http://127.0.0.1:8000"
 
 
@@ -62,10 +61,7 @@ def test_python_recipe_p2(dwpose_server: LiveServer, person_jpeg: bytes, tmp_pat
     assert "InProgress" in proc.stdout or "Completed" in proc.stdout
 
 
-@pytest.mark.skipif(
-    shutil.which("node") is None or not (JS_DIR / "node_modules" / "@fal-ai" / "client").is_dir(),
-    reason="node or tests/js/node_modules missing: run `npm ci --prefix tests/js`",
-)
+@requires_js_client
 @pytest.mark.parametrize("name", ["js-j1", "js-j2"])
 def test_js_recipes(name: str, dwpose_server: LiveServer, person_jpeg: bytes) -> None:
     script = JS_DIR / f"_readme_{name}.mjs"
