@@ -245,5 +245,7 @@ def test_cuda_request_without_cuda_provider_falls_back_to_cpu(monkeypatch):
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     assert runtime.providers_for("cuda:0") == ["CPUExecutionProvider"]
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    assert runtime.providers_for("cuda:1") == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    (cuda, options), cpu = runtime.providers_for("cuda:1")
+    assert (cuda, options["device_id"], cpu) == ("CUDAExecutionProvider", 1, "CPUExecutionProvider")
+    assert options["cudnn_conv_algo_search"] == "HEURISTIC"
     assert runtime.providers_for("cpu") == ["CPUExecutionProvider"]

@@ -14,33 +14,16 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from pipelines.common.onnx_providers import Provider
+from pipelines.common.onnx_providers import providers_for as shared_providers_for
+
 log = logging.getLogger(__name__)
 
 TENSORRT_ENV = "FAL_ONPREM_DWPOSE_TENSORRT"  # "1": put TensorRT first when its provider exists
-TRT_CACHE_ENV = "FAL_ONPREM_TRT_CACHE"
 
 
-def providers_for(device: str) -> list[str | tuple[str, dict]]:
-    """Execution providers for ``device`` ("cpu", "cuda", "cuda:1"), falling back to CPU."""
-    if not device.startswith("cuda"):
-        return ["CPUExecutionProvider"]
-    available = ort.get_available_providers()
-    device_id = int(device.partition(":")[2] or 0)
-    if "CUDAExecutionProvider" not in available:
-        log.warning("device %s asked for, but onnxruntime has no CUDA provider: running on CPU", device)
-        return ["CPUExecutionProvider"]
-    providers: list[str | tuple[str, dict]] = []
-    if os.environ.get(TENSORRT_ENV) == "1" and "TensorrtExecutionProvider" in available:
-        cache = os.environ.get(TRT_CACHE_ENV, str(Path.home() / ".cache" / "fal-onprem" / "trt"))
-        providers.append(
-            (
-                "TensorrtExecutionProvider",
-                {"device_id": device_id, "trt_engine_cache_enable": True, "trt_engine_cache_path": cache},
-            )
-        )
-    providers.append(("CUDAExecutionProvider", {"device_id": device_id}))
-    providers.append("CPUExecutionProvider")
-    return providers
+def providers_for(device: str) -> list[Provider]:
+    return shared_providers_for(device, tensorrt=os.environ.get(TENSORRT_ENV) == "1")
 
 
 class OnnxModel:

@@ -18,19 +18,13 @@ from insightface.app.common import Face
 from insightface.model_zoo.landmark import Landmark
 from insightface.model_zoo.scrfd import SCRFD
 
+from pipelines.common.onnx_providers import Provider, providers_for
+
 from .crop import crop_image, transform_points
 
 DET_SIZE = (512, 512)
 DET_THRESH = 0.5
 LANDMARK203_SIZE = 224
-
-
-def onnx_providers(device: str) -> list[str]:
-    """CUDA EP first when the device is a GPU and this onnxruntime build has it; CPU always."""
-    available = onnxruntime.get_available_providers()
-    if device.startswith("cuda") and "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +42,7 @@ class FaceAnalyzer:
     """The three face models. Thread-safe for concurrent ``detect`` / ``landmarks203`` calls."""
 
     def __init__(self, det_path: Path, lmk106_path: Path, lmk203_path: Path, device: str = "cpu") -> None:
-        providers = onnx_providers(device)
+        providers = providers_for(device)
         self.detector = SCRFD(str(det_path), session=self._session(det_path, providers))
         self.detector.prepare(0, input_size=DET_SIZE, det_thresh=DET_THRESH)
         self.landmarker106 = Landmark(str(lmk106_path), session=self._session(lmk106_path, providers))
@@ -57,7 +51,7 @@ class FaceAnalyzer:
         self._keepalive: tempfile.TemporaryDirectory[str] | None = None
 
     @staticmethod
-    def _session(path: Path, providers: list[str]) -> onnxruntime.InferenceSession:
+    def _session(path: Path, providers: list[Provider]) -> onnxruntime.InferenceSession:
         return onnxruntime.InferenceSession(str(path), providers=providers)
 
     @classmethod
