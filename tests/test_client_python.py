@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -158,3 +159,20 @@ def test_normal_priority_runs_before_low(client: fal_client.SyncClient, live_ser
     normal_status = httpx.get(f"{live_server.url}/queue/{APP}/requests/{normal.request_id}/status").json()
     # the low-priority job waited for the normal one (different batch keys, so two batches)
     assert low_status["metrics"]["queue_time"] > normal_status["metrics"]["queue_time"]
+
+
+def test_status_stream_sends_log_lines_as_they_come(client: fal_client.SyncClient, live_server: LiveServer) -> None:
+    """SSE: new log lines are sent while the job runs (not held back until COMPLETED), each line once."""
+    handle = client.submit(APP, arguments=echo_args(steps=8, step_ms=150))
+    url = f"{live_server.url}/queue/{APP}/requests/{handle.request_id}/status/stream"
+    events = []
+    with httpx.stream("GET", url, params={"logs": "1"}, timeout=60) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[len("data: ") :]))
+    assert events[-1]["status"] == "COMPLETED"
+    running = [e for e in events if e["status"] == "IN_PROGRESS" and e["logs"]]
+    assert len(running) >= 3, events  # progress arrives step by step
+    steps = [entry["message"] for e in events for entry in (e["logs"] or []) if entry["message"].startswith("Step ")]
+    assert steps == [f"Step {i}/8" for i in range(1, 9)]

@@ -111,21 +111,26 @@ def build_router(endpoints: dict[str, EndpointSpec]) -> APIRouter:
         base = base_url(request)
         with_logs = jobs.want_logs(logs)
 
+        def poll(sent_logs: int) -> tuple[dict, int]:
+            """One store round trip per tick: the status body with the log lines not sent yet."""
+            current = store.get(job.id)
+            assert current is not None
+            new_logs = store.logs(job.id, sent_logs) if with_logs else None
+            return jobs.status_body(store, current, base, new_logs), len(new_logs or [])
+
         async def events() -> AsyncIterator[str]:
-            # One event per change; each carries only the log lines that are new since the last
-            # event (the JS client appends them to its own list). Closed only after COMPLETED.
-            sent_logs, last_sent, last_time = 0, None, time.monotonic()
+            # An event whenever the status or queue position changes or new log lines arrive; each
+            # event carries only the new lines (the JS client appends them to its own list).
+            # Closed only after the COMPLETED event.
+            sent_logs, last_state, last_time = 0, None, time.monotonic()
             while True:
-                current = await to_thread.run_sync(store.get, job.id)
-                assert current is not None
-                new_logs = await to_thread.run_sync(store.logs, job.id, sent_logs) if with_logs else None
-                body = await to_thread.run_sync(jobs.status_body, store, current, base, new_logs)
-                snapshot = (body["status"], body.get("queue_position"), bool(new_logs))
-                if snapshot != last_sent or current.status == "COMPLETED":
+                body, fresh = await to_thread.run_sync(poll, sent_logs)
+                state = (body["status"], body.get("queue_position"))
+                if fresh or state != last_state or body["status"] == "COMPLETED":
                     yield f"data: {json.dumps(body)}\n\n"
-                    sent_logs += len(new_logs or [])
-                    last_sent, last_time = snapshot, time.monotonic()
-                if current.status == "COMPLETED":
+                    sent_logs += fresh
+                    last_state, last_time = state, time.monotonic()
+                if body["status"] == "COMPLETED":
                     return
                 if time.monotonic() - last_time > STREAM_KEEPALIVE_S:
                     yield ": ping\n\n"
