@@ -87,6 +87,25 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _die_with_parent() -> None:
+    """In a forked child: ask Linux to SIGTERM us when the parent dies (even by SIGKILL)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _exit_on_sigterm() -> None:
+    """uvicorn re-raises SIGTERM after its graceful shutdown; turn that into SystemExit so the
+    ``finally`` that stops the workers runs instead of the process dying on the spot."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 class WorkerSupervisor:
     """Keeps one worker child process per device alive (a crashed worker is restarted)."""
 
@@ -96,8 +115,8 @@ class WorkerSupervisor:
         self.stopping = threading.Event()
 
     def _spawn(self, device: str) -> None:
-        cmd = [sys.executable, "-m", "server.cli", "worker", "--device", device]
-        self.procs[device] = subprocess.Popen(cmd)
+        cmd = [sys.executable, "-m", "server.cli", "worker", "--device", device, "--parent-pid", str(os.getpid())]
+        self.procs[device] = subprocess.Popen(cmd, preexec_fn=_die_with_parent)
         log.info("started worker pid=%d device=%s", self.procs[device].pid, device)
 
     def start(self) -> None:
@@ -158,6 +177,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     supervisor = WorkerSupervisor(devices)
     supervisor.start()
     log.info("API on %s:%d, workers on %s", settings.host, settings.port, ", ".join(devices) or "none")
+    _exit_on_sigterm()
     try:
         uvicorn.run(
             create_app(settings),
@@ -182,7 +202,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = Settings()
     setup_logging(settings.log_level, settings.log_format)
-    worker = Worker(settings, device=args.device)
+    worker = Worker(settings, device=args.device, parent_pid=args.parent_pid)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
     worker.load_pipelines()
@@ -213,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="attach a worker to an existing job store")
     _common_flags(worker)
     worker.add_argument("--device", default="cpu", help="cpu or cuda:N")
+    worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # set by `serve`: stop when it is gone
     worker.set_defaults(func=cmd_worker)
 
     try:

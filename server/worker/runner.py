@@ -56,8 +56,11 @@ def _internal_error(exc: BaseException) -> dict[str, Any]:
 
 
 class Worker:
-    def __init__(self, settings: Settings, device: str = "cpu", worker_id: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, device: str = "cpu", worker_id: str | None = None, parent_pid: int | None = None
+    ) -> None:
         self.settings = settings
+        self.parent_pid = parent_pid
         self.device = device
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{device}"
         self.store: JobStore = open_store(settings.resolved_store_url)
@@ -235,6 +238,9 @@ class Worker:
     # -- housekeeping (its own thread and store connection, so a long batch never delays it)
     def housekeeping(self, store: JobStore) -> None:
         """Lease heartbeats, start deadlines, dead workers' jobs, readiness and GPU memory reports."""
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            log.warning("the serve process %d is gone: stopping", self.parent_pid)
+            self.stop()
         with self._active_lock:
             active = list(self._active)
         store.heartbeat(active, self.settings.job_lease_s)
