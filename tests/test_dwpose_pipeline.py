@@ -249,3 +249,39 @@ def test_cuda_request_without_cuda_provider_falls_back_to_cpu(monkeypatch):
     assert (cuda, options["device_id"], cpu) == ("CUDAExecutionProvider", 1, "CPUExecutionProvider")
     assert options["cudnn_conv_algo_search"] == "HEURISTIC"
     assert runtime.providers_for("cpu") == ["CPUExecutionProvider"]
+
+
+class FailingSaveContext(FakeContext):
+    """``save_image`` raises for one item, as a full disk or a failed upload would."""
+
+    def __init__(self, failing_item: int) -> None:
+        super().__init__()
+        self.failing_item = failing_item
+
+    def save_image(self, item, image, output_format="png"):
+        if item == self.failing_item:
+            raise OSError("disk full")
+        return super().save_image(item, image, output_format)
+
+
+def test_one_items_failure_after_the_networks_fails_only_that_item(tiny):
+    from pipelines.contract import ItemError
+
+    images = [rgb(skdata.astronaut()), rgb(skdata.coffee()), rgb(skdata.chelsea())]
+    modes = ["body-pose", "full-pose", "face-hand-mask"]
+    prepared = [
+        tiny.prepare(DWPoseInput(image_url=f"https://x/{i}.png", draw_mode=mode), lambda url, loc, img=img: img)
+        for i, (img, mode) in enumerate(zip(images, modes, strict=True))
+    ]
+    ctx = FailingSaveContext(failing_item=1)
+    outputs = tiny.run(prepared, ctx)
+    assert isinstance(outputs[1], ItemError)
+    assert (outputs[1].status_code, outputs[1].error_type) == (500, "internal_server_error")
+    assert "disk full" in outputs[1].detail
+    assert ctx.steps[-1] == (3, 3)
+    for i in (0, 2):
+        (single,), _ = run_items(tiny, [images[i]], [modes[i]])
+        assert isinstance(outputs[i], DWPoseOutput)
+        np.testing.assert_array_equal(
+            np.asarray(decode_data_uri(outputs[i].image.url)), np.asarray(decode_data_uri(single.image.url))
+        )

@@ -127,3 +127,35 @@ def test_lip_zero_only_where_asked_and_the_mouth_is_open(pipeline):
         delta = pipeline._lip_zero(inputs, sources, x_s)
     assert delta[0].abs().sum() > 0
     assert torch.equal(delta[1:], torch.zeros_like(delta[1:]))
+
+
+class FailingSaveContext(FakeContext):
+    """``save_image`` raises for one item, as a full disk or a failed upload would."""
+
+    def __init__(self, failing_item: int) -> None:
+        super().__init__()
+        self.failing_item = failing_item
+
+    def save_image(self, item, image, output_format="png"):
+        if item == self.failing_item:
+            raise OSError("disk full")
+        return super().save_image(item, image, output_format)
+
+
+def test_one_items_failure_after_the_networks_fails_only_that_item(pipeline):
+    inputs = [
+        LivePortraitImageInput(image_url="x", smile=1.0, output_format="png"),
+        LivePortraitImageInput(image_url="x", blink=-10, output_format="png"),
+        LivePortraitImageInput(image_url="x", pupil_x=20, flag_pasteback=False, output_format="png"),
+    ]
+    ctx = FailingSaveContext(failing_item=1)
+    outputs = pipeline.run([pipeline.prepare(inp, loader_for(PHOTO)) for inp in inputs], ctx)
+    assert isinstance(outputs[1], ItemError)
+    assert (outputs[1].status_code, outputs[1].error_type) == (500, "internal_server_error")
+    assert "disk full" in outputs[1].detail
+    assert ctx.steps[-1] == (3, 3)
+    for i in (0, 2):
+        assert isinstance(outputs[i], LivePortraitImageOutput)
+        _, single_ctx = run(pipeline, [inputs[i]])
+        diff = np.abs(np.asarray(ctx.saved[i]).astype(int) - np.asarray(single_ctx.saved[0]).astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, f"item {i} differs from its single run"

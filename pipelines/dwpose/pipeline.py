@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel
 
 import weights
+from pipelines.common.per_item import finish_item
 from pipelines.contract import Dtype, ImageLoader, ItemError, Pipeline, Prepared, RunContext, WeightSource
 
 from . import detector, draw, pose
@@ -96,15 +97,20 @@ class DWPosePipeline(Pipeline):
             if "padded" not in item.extra:  # prepare() skipped by the caller
                 item.extra.update(self.preprocess(np.asarray(item.images["image_url"].convert("RGB"))))
         openpose = self.estimate([p.extra for p in batch], ctx)
-        outputs: list[BaseModel | ItemError] = []
-        for i, (item, people) in enumerate(zip(batch, openpose, strict=True)):
-            padded: Padded = item.extra["padded"]
-            ctx.log(f"{len(people)} person(s) detected", i)
-            canvas = draw.render(pose.poses_from_openpose(people), *padded.image.shape[:2], mode=item.input.draw_mode)
-            image = np.ascontiguousarray(canvas[: padded.height, : padded.width])
-            outputs.append(DWPoseOutput(image=ctx.save_image(i, image, "png")))
+        outputs: list[BaseModel | ItemError] = [
+            finish_item(i, lambda i=i, item=item, people=people: self._draw(i, item, people, ctx), "drawing")
+            for i, (item, people) in enumerate(zip(batch, openpose, strict=True))
+        ]
         ctx.progress(3, 3)
         return outputs
+
+    @staticmethod
+    def _draw(i: int, item: Prepared, people: np.ndarray, ctx: RunContext) -> DWPoseOutput:
+        padded: Padded = item.extra["padded"]
+        ctx.log(f"{len(people)} person(s) detected", i)
+        canvas = draw.render(pose.poses_from_openpose(people), *padded.image.shape[:2], mode=item.input.draw_mode)
+        image = np.ascontiguousarray(canvas[: padded.height, : padded.width])
+        return DWPoseOutput(image=ctx.save_image(i, image, "png"))
 
     def estimate(self, items: list[dict[str, Any]], ctx: RunContext | None = None) -> list[np.ndarray]:
         """OpenPose-134 keypoints ``[n_people, 134, 3]`` (padded-image pixels) for each preprocessed item."""

@@ -29,6 +29,7 @@ import torch
 from pydantic import BaseModel
 
 import weights
+from pipelines.common.per_item import finish_item
 from pipelines.common.schema_types import Image
 from pipelines.contract import Dtype, ImageLoader, ItemError, Pipeline, Prepared, RunContext, WeightSource
 
@@ -135,7 +136,9 @@ class LivePortraitPipeline(Pipeline):
 
         # 2. source appearance and motion
         images = np.stack([s.network_input for s in sources])
-        i_s = torch.from_numpy(images).to(nets.device).permute(0, 3, 1, 2).float().div(255).clamp(0, 1)
+        # contiguous NCHW: a permuted (channels-last) input would send F and M down NHWC kernels on GPU
+        nchw = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+        i_s = nchw.to(nets.device).float().div(255).clamp(0, 1)
         f_s = nets.appearance(i_s)  # networks take float32 and autocast inside (F/W/G)
         motion = SourceMotion.from_raw(nets.motion(i_s))
         x_s = motion.source_keypoints()
@@ -153,10 +156,11 @@ class LivePortraitPipeline(Pipeline):
         faces_u8 = (faces.permute(0, 2, 3, 1) * 255).clamp(0, 255).to(torch.uint8).cpu().numpy()
         ctx.progress(2, total)
 
-        # 5. paste back and encode
-        results: list[BaseModel | ItemError] = []
-        for i, (inp, src) in enumerate(zip(inputs, sources, strict=True)):
-            results.append(self._finish(i, inp, src, faces_u8[i], ctx))
+        # 5. paste back and encode, each item on its own: one failure fails that item only
+        results: list[BaseModel | ItemError] = [
+            finish_item(i, lambda i=i, inp=inp, src=src: self._finish(i, inp, src, faces_u8[i], ctx), "paste-back")
+            for i, (inp, src) in enumerate(zip(inputs, sources, strict=True))
+        ]
         ctx.progress(3, total)
         return results
 
