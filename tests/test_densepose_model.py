@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from pipelines.common.densepose.config import REAL_CONFIG, TINY_CONFIG
-from pipelines.common.densepose.convert import read_model_zoo_pickle
+from pipelines.common.densepose.convert import NON_PERSISTENT_KEYS, read_model_zoo_pickle
 from pipelines.common.densepose.model import DensePoseRCNN
 from pipelines.common.densepose.predictor import DensePose, catvton_map_from_result, leffa_iuv_from_result
 from pipelines.contract import WeightSource
@@ -34,6 +34,7 @@ def test_full_model_matches_the_checkpoint_manifest(reference_dir, consumer):
     assert sorted(ours) == sorted(expected)
     assert ours == expected
     assert sum(int(np.prod(s)) for s in ours.values()) == manifest["header"]["num_params_incl_frozenbn_buffers"]
+    assert not NON_PERSISTENT_KEYS & expected.keys(), "the converter must not drop a tensor the model needs"
 
 
 def test_tiny_model_has_the_same_keys_with_smaller_shapes():
@@ -71,6 +72,39 @@ def test_conversion_roundtrip_and_real_loading(tmp_path, monkeypatch):
     _model_zoo_pickle(pkl, state)
     run_conversion("densepose", pkl, tmp_path / "converted" / "densepose" / "model.safetensors")
     with pytest.raises(RuntimeError, match=r"v_lowres\.bias"):
+        DensePose.load(WeightSource.real(tmp_path))
+
+
+def test_conversion_drops_known_non_persistent_buffers_only(tmp_path, monkeypatch, caplog):
+    """Model-zoo files from older detectron2 hold the RPN cell anchors and pixel mean/std; they are dropped
+    (logged) and the rest loads strictly. Any other unknown key still fails the load."""
+    import logging
+
+    from pipelines.common.densepose import loading
+
+    monkeypatch.delenv("FAL_ONPREM_MANIFEST_DIR", raising=False)
+    monkeypatch.setattr(loading, "config_for", lambda source: TINY_CONFIG)
+    state = {k: v.numpy() for k, v in DensePose.load(WeightSource.tiny(seed=4)).model.state_dict().items()}
+    assert not NON_PERSISTENT_KEYS & state.keys()
+    extra = {f"proposal_generator.anchor_generator.cell_anchors.{i}": np.ones((3, 4), np.float32) for i in range(5)}
+    extra |= {
+        "pixel_mean": np.array([103.53, 116.28, 123.675], np.float32).reshape(3, 1, 1),
+        "pixel_std": np.ones((3, 1, 1), np.float32),
+    }
+    pkl = tmp_path / "model_final_162be9.pkl"
+    _model_zoo_pickle(pkl, state | extra)
+    with caplog.at_level(logging.INFO, logger="pipelines.common.densepose.convert"):
+        run_conversion("densepose", pkl, tmp_path / "converted" / "densepose" / "model.safetensors")
+    dropped_logs = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO and "dropping" in r.msg]
+    assert len(dropped_logs) == len(extra) and all(any(key in m for m in dropped_logs) for key in extra)
+    loaded = DensePose.load(WeightSource.real(tmp_path)).model.state_dict()
+    assert loaded.keys() == state.keys()
+    for key, value in state.items():
+        assert np.array_equal(loaded[key].numpy(), value), key
+
+    _model_zoo_pickle(pkl, state | {"roi_heads.box_head.fc3.weight": np.ones((2, 2), np.float32)})
+    run_conversion("densepose", pkl, tmp_path / "converted" / "densepose" / "model.safetensors")
+    with pytest.raises(RuntimeError, match=r"Unexpected key.*fc3\.weight"):
         DensePose.load(WeightSource.real(tmp_path))
 
 

@@ -4,6 +4,8 @@ The model-zoo file is a pickle (latin1) of ``{'model': OrderedDict[str, np.ndarr
 '__author__': str}``. It is read with a restricted unpickler that only resolves the numpy array
 and dtype constructors and ``OrderedDict``; anything else in the file is refused. Names are kept
 unchanged (the model uses detectron2's names), so the result loads with strict key matching.
+Older detectron2 versions also saved a few buffers that today's model rebuilds from its config (RPN cell
+anchors, pixel mean/std); those known names are dropped (logged), any other unknown key still fails the load.
 
 Run by ``fal-onprem weights convert`` (converter ``densepose``), or by hand:
 ``python -m pipelines.common.densepose.convert model_final_162be9.pkl out.safetensors``
@@ -12,11 +14,24 @@ Run by ``fal-onprem weights convert`` (converter ``densepose``), or by hand:
 from __future__ import annotations
 
 import argparse
+import logging
 import pickle
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save_file
+
+log = logging.getLogger(__name__)
+
+# Buffers that detectron2 computes from the config (non-persistent in current detectron2, absent from
+# the reference manifest and from our state dict) but that model-zoo files written by older versions hold.
+NON_PERSISTENT_KEYS = frozenset(
+    {
+        *(f"proposal_generator.anchor_generator.cell_anchors.{level}" for level in range(5)),  # P2..P6
+        "pixel_mean",
+        "pixel_std",
+    }
+)
 
 _ALLOWED = {
     ("collections", "OrderedDict"),
@@ -40,7 +55,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def read_model_zoo_pickle(path: Path | str) -> dict[str, np.ndarray]:
-    """The ``model`` dict of a detectron2 model-zoo pickle, as contiguous float32 arrays."""
+    """The ``model`` dict of a detectron2 model-zoo pickle, as contiguous float32 arrays, without the
+    ``NON_PERSISTENT_KEYS``."""
     with open(path, "rb") as f:
         data = _RestrictedUnpickler(f, encoding="latin1").load()
     model = data["model"] if isinstance(data, dict) and "model" in data else data
@@ -48,6 +64,9 @@ def read_model_zoo_pickle(path: Path | str) -> dict[str, np.ndarray]:
         raise ValueError(f"{path}: expected a dict of arrays, got {type(model).__name__}")
     out = {}
     for key, value in model.items():
+        if key in NON_PERSISTENT_KEYS:
+            log.info("%s: dropping %s %s (rebuilt from the config)", Path(path).name, key, np.shape(value))
+            continue
         arr = np.asarray(value)
         if arr.dtype != np.float32:
             raise ValueError(f"{path}: tensor {key} has dtype {arr.dtype}, expected float32")
