@@ -57,6 +57,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(storage.router)
     app.include_router(ops.router)
 
+    # Added last = outermost: CORS wraps everything (proxy errors and 413s included), then the proxy
+    # rewrites the path before the body caps and the routes see it.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(FalProxyMiddleware)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=["*"],
@@ -64,6 +68,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_headers=["*"],
         expose_headers=["x-fal-request-id", "x-fal-error-type"],
     )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
-    app.add_middleware(FalProxyMiddleware)  # outermost: rewrites the path before the others see it
     return app

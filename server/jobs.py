@@ -69,10 +69,12 @@ def parse_start_timeout(value: str | None) -> float | None:
     return seconds
 
 
-def ensure_available(spec: EndpointSpec, store: JobStore) -> None:
+def ensure_available(spec: EndpointSpec, store: JobStore, enabled: bool = True) -> None:
     """503 unless some worker can run this endpoint (or is still loading it)."""
     if spec.pipeline is None:
         raise FalError(503, f"{spec.endpoint_id}: {spec.unavailable_reason}", "pipeline_unavailable")
+    if not enabled:
+        raise FalError(503, f"{spec.endpoint_id} is disabled in this server's configuration", "pipeline_unavailable")
     now = time.time()
     states = [s for s in store.pipeline_states() if s.endpoint == spec.endpoint_id]
     live = [s for s in states if now - s.updated_at < READY_STALE_S]
@@ -90,8 +92,9 @@ def submit(
     priority: str | None,
     start_timeout: str | None,
     webhook_url: str | None,
+    enabled: bool = True,
 ) -> Job:
-    ensure_available(spec, store)
+    ensure_available(spec, store, enabled)
     timeout = parse_start_timeout(start_timeout)
     now = time.time()
     job = Job(

@@ -1,15 +1,29 @@
-"""Request body cap for the JSON routes (submit, run), answered with a fal-style 413.
+"""Request body caps, answered with a fal-style 413 before any route (or auth check) reads the body.
 
-Upload routes stream their bodies to disk with their own (larger) limit and are not buffered here.
+Submit and run bodies may be up to ``max_request_bytes`` (inputs can be data URIs); every other body
+(upload initiation, tokens, multipart completion lists) is a small JSON control message. The upload
+data routes stream to disk with their own, larger limit and are not buffered here.
 """
 
 from __future__ import annotations
+
+import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import error_response
 
-CAPPED_PREFIXES = ("/queue/", "/run/")
+CONTROL_MAX_BYTES = 1024 * 1024
+UPLOAD_DATA_ROUTES = re.compile(
+    r"^(PUT /storage/uploads/[^/]+(/\d+)?|POST /cdn/files/upload|PUT /files/.+/multipart/[^/]+/\d+)$"
+)
+
+
+def body_limit(method: str, path: str, max_request_bytes: int) -> int | None:
+    """The cap for a request's body, or None for bodiless methods and the upload data routes."""
+    if method not in ("POST", "PUT", "PATCH") or UPLOAD_DATA_ROUTES.match(f"{method} {path}"):
+        return None
+    return max_request_bytes if path.startswith(("/queue/", "/run/")) else CONTROL_MAX_BYTES
 
 
 class BodyLimitMiddleware:
@@ -18,19 +32,14 @@ class BodyLimitMiddleware:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["method"] not in ("POST", "PUT")
-            or not scope["path"].startswith(CAPPED_PREFIXES)
-        ):
+        limit = body_limit(scope["method"], scope["path"], self.max_bytes) if scope["type"] == "http" else None
+        if limit is None:
             await self.app(scope, receive, send)
             return
-        too_large = error_response(
-            413, f"Request body is larger than the limit of {self.max_bytes} bytes", "request_too_large"
-        )
+        too_large = error_response(413, f"Request body is larger than the limit of {limit} bytes", "request_too_large")
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        if declared is not None and declared.isdigit() and int(declared) > limit:
             await too_large(scope, receive, send)
             return
         # Read (at most the cap) before the app sees anything, then replay the body to it.
@@ -41,7 +50,7 @@ class BodyLimitMiddleware:
                 return
             body = message.get("body", b"")
             size += len(body)
-            if size > self.max_bytes:
+            if size > limit:
                 await too_large(scope, receive, send)
                 return
             chunks.append(body)

@@ -42,10 +42,11 @@ class FalProxyMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].rstrip("/") != PROXY_PATH:
+        # CORS preflights carry no x-fal-target-url: the CORS layer answers them.
+        if scope["type"] != "http" or scope["path"].rstrip("/") != PROXY_PATH or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         target = headers.get("x-fal-target-url")
         routed = target_path(target) if target else None
         if routed is None:

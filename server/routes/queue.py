@@ -53,6 +53,7 @@ def submit_route(spec: EndpointSpec):
             priority=x_fal_queue_priority,
             start_timeout=x_fal_request_timeout,
             webhook_url=fal_webhook,
+            enabled=request.app.state.settings.pipeline(spec.endpoint_id).enabled,
         )
         payload = {
             "status": "IN_QUEUE",
@@ -159,7 +160,12 @@ def build_router(endpoints: dict[str, EndpointSpec]) -> APIRouter:
         request: Request, prefix: str, request_id: str, key_id: str | None = Depends(caller_key_id)
     ) -> JSONResponse:
         store = _store(request)
-        job = jobs.find_job(store, prefix, request_id, key_id)
+        try:
+            job = jobs.find_job(store, prefix, request_id, key_id)
+        except FalError as exc:  # fal's cancel answers carry a status word, also for unknown ids
+            if exc.status_code == 404:
+                return JSONResponse({"status": "NOT_FOUND"}, status_code=404)
+            raise
         outcome = store.request_cancel(job.id)
         code = {"CANCELLATION_REQUESTED": 202, "ALREADY_COMPLETED": 400, "NOT_FOUND": 404}[outcome]
         return JSONResponse({"status": outcome}, status_code=code, headers={"x-fal-request-id": job.id})

@@ -41,6 +41,7 @@ def run_route(spec: EndpointSpec):
                 priority="normal",
                 start_timeout=x_fal_request_timeout,
                 webhook_url=None,
+                enabled=request.app.state.settings.pipeline(spec.endpoint_id).enabled,
             )
         )
         poll = POLL_MIN_S

@@ -39,6 +39,10 @@ def make_image_loader(settings: Settings, files: FileStore) -> ImageLoader:
             return decode_data_uri(url)
         stored = files.resolve_url(url)
         if stored is not None:
+            if stored.size > limits.max_bytes:  # check before reading: uploads may be gigabytes
+                raise ImageDecodeError(
+                    f"image is {stored.size} bytes, more than the limit of {limits.max_bytes}", "file_too_large"
+                )
             return stored.path.read_bytes()
         if url.startswith(("http://", "https://")):
             from server.net.fetch import fetch_bytes, policy_from_settings
