@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipelines.common.tensors import configure_precision
 from pipelines.contract import Dtype, WeightSource
 
 from .config import CATVTON_SCORE_THRESH, LEFFA_SCORE_THRESH
@@ -53,6 +54,7 @@ class DensePose:
 
     @classmethod
     def load(cls, source: WeightSource, device: str = "cpu", dtype: Dtype = "float32") -> DensePose:
+        configure_precision(device, dtype)
         return cls(build_model(source, device, dtype))
 
     @property

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 
-from pipelines.common.tensors import TORCH_DTYPES
+from pipelines.common.tensors import TORCH_DTYPES, configure_precision
 from pipelines.contract import Dtype, WeightSource
 from weights import locate
 
@@ -171,7 +171,9 @@ class HumanParser:
         dtype: Dtype = "float32",
         channels_last: bool = False,
     ) -> HumanParser:
-        """Build the parser from a WeightSource: converted safetensors (real) or recipe weights."""
+        """Build the parser from a WeightSource: converted safetensors (real) or recipe weights.
+        float32 on CUDA turns TF32 off (``configure_precision``)."""
+        configure_precision(device, dtype)
         cfg = config_for(dataset, tiny=source.kind == "tiny")
         if source.kind == "real":
             path = locate(checkpoint.MANIFEST_PIPELINE, dataset, source.weights_dir)  # or MissingWeights

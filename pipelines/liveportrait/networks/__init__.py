@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 import weights
+from pipelines.common.tensors import configure_precision
 from pipelines.contract import WeightSource
 
 from .appearance import AppearanceFeatureExtractor
@@ -162,7 +163,9 @@ def load_networks(
 
     Real files come from ``weights.locate`` (the safetensors conversion of the ``.pth`` files, or the
     files themselves); raises ``weights.MissingWeights`` naming the command that fetches them.
+    float32 on CUDA turns TF32 off (``configure_precision``).
     """
+    configure_precision(device, dtype)
     if source.kind == "tiny":
         return build_networks(TINY, device, dtype, source.seed)
     if source.kind == "random_full":
