@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -10,6 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from pipelines.common.tensors import ALLOW_TF32_ENV
 from pipelines.contract import WeightSource
 
 # skimage's sample photos: people, objects, an animal, a scene, two grey/texture ones
@@ -59,12 +62,46 @@ def weight_source(args: argparse.Namespace) -> WeightSource:
     return {"tiny": WeightSource.tiny, "random_full": WeightSource.random_full}[args.source]()
 
 
-def sync(device: str) -> None:
-    """Wait for queued GPU work, so wall-clock times include it."""
+def add_tf32_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tf32",
+        action="store_true",
+        help=f"float32 on CUDA: allow TF32 convolutions/matmuls (sets {ALLOW_TF32_ENV}=1 before loading); "
+        "otherwise as the environment says (default: true float32, as the server runs)",
+    )
+
+
+def apply_tf32(args: argparse.Namespace) -> None:
+    """The pipelines set the TF32 flags when they load (``configure_precision``), so a benchmark opts in
+    the way a deployment does: through the environment, before loading."""
+    if args.tf32:
+        os.environ[ALLOW_TF32_ENV] = "1"
+
+
+def tf32_state(device: str) -> dict[str, bool] | None:
+    """The effective TF32 flags on a CUDA ``device`` (record them after loading); None elsewhere."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32}
+
+
+def on_device(device: str) -> contextlib.AbstractContextManager[Any]:
+    """Make a ``cuda:i`` device current, so that calls without a device argument (events, caches) use it."""
     if device.startswith("cuda"):
         import torch
 
-        torch.cuda.synchronize(device)
+        return torch.cuda.device(torch.device(device))
+    return contextlib.nullcontext()
+
+
+def sync(device: str) -> None:
+    """Wait for queued GPU work on ``device`` (not the current device), so wall-clock times include it."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(torch.device(device))
 
 
 def timed(fn: Callable[[], Any], iters: int, *, warmup: int = 0, device: str = "cpu") -> list[float]:

@@ -25,7 +25,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.common import SAMPLE_PHOTOS, add_source_args, sample_photos, timed, weight_source
+from benchmarks.common import (
+    SAMPLE_PHOTOS,
+    add_source_args,
+    add_tf32_arg,
+    apply_tf32,
+    sample_photos,
+    tf32_state,
+    timed,
+    weight_source,
+)
 from benchmarks.machine import machine_info, write_result
 from pipelines.common.densepose.predictor import DensePose
 
@@ -41,6 +50,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     add_source_args(parser, default="random_full")
+    add_tf32_arg(parser)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--iters", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
@@ -49,9 +59,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
+    apply_tf32(args)
     if args.device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
     t0 = time.perf_counter()
     dp = DensePose.load(weight_source(args), args.device, args.dtype)
@@ -85,6 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "densepose",
         "source": args.source,
         "dtype": args.dtype,
+        "tf32": tf32_state(args.device),
         "image_wh": [args.width, args.height],
         "network_input_hw": "1067x800 (padded 1088x800) for 1024x768 photos at the real config",
         "iters": args.iters,

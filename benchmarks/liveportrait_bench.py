@@ -21,7 +21,17 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import NullContext, add_source_args, sample_photos, sync, timed, weight_source
+from benchmarks.common import (
+    NullContext,
+    add_source_args,
+    add_tf32_arg,
+    apply_tf32,
+    sample_photos,
+    sync,
+    tf32_state,
+    timed,
+    weight_source,
+)
 from benchmarks.machine import machine_info, write_result
 from pipelines.liveportrait.pipeline import LivePortraitPipeline
 from pipelines.liveportrait.schema import LivePortraitImageInput
@@ -37,11 +47,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     add_source_args(parser, default="random_full")
+    add_tf32_arg(parser)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--repeats", type=int, default=1, help="timed batches per batch size")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
+    apply_tf32(args)
     t0 = time.perf_counter()
     pipe = LivePortraitPipeline.load(weight_source(args), device=args.device, dtype=args.dtype)
     load_s = time.perf_counter() - t0
@@ -60,7 +72,7 @@ def main() -> None:
         pipe.run(batch, ctx)  # warm-up (cudnn autotune, allocator)
         sync(args.device)
         if args.device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.reset_peak_memory_stats(args.device)
         times = timed(lambda batch=batch: pipe.run(batch, ctx), args.repeats, device=args.device)
         median = statistics.median(times)
         row = {
@@ -70,7 +82,7 @@ def main() -> None:
             "runs": len(times),
         }
         if args.device.startswith("cuda"):
-            row["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            row["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(args.device) / 2**30, 2)
         results.append(row)
         print(json.dumps(row), flush=True)
 
@@ -80,6 +92,7 @@ def main() -> None:
         "source": args.source,
         "device": args.device,
         "dtype": args.dtype,
+        "tf32": tf32_state(args.device),
         "load_s": round(load_s, 2),
         "prepare_s_per_image": round(statistics.median(prep_times), 4),
         "image": "skimage astronaut 512x512, paste-back on, output 512x512",

@@ -95,16 +95,17 @@ def mean_ms(fn: Callable[[], object], device: torch.device, iters: int, warmup: 
     """Mean milliseconds per call after ``warmup`` calls; on CUDA from events around back-to-back calls."""
     if device.type != "cuda":
         return statistics.fmean(timed(fn, iters, warmup=warmup)) * 1000
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
+    with torch.cuda.device(device):  # events record on the current device's stream: make it ``device``
+        for _ in range(warmup):
+            fn()
+        torch.cuda.synchronize(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iters):
+            fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end) / iters
 
 
 def latency(device: torch.device, batches: list[int], iters: int, warmup: int, modes: list[str]) -> dict:

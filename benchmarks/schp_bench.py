@@ -23,7 +23,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.common import add_source_args, sample_photos, timed, weight_source
+from benchmarks.common import (
+    add_source_args,
+    add_tf32_arg,
+    apply_tf32,
+    on_device,
+    sample_photos,
+    tf32_state,
+    timed,
+    weight_source,
+)
 from benchmarks.machine import machine_info, write_result
 from pipelines.common.parsing.parser import HumanParser, ParserInput, labels_in_image
 
@@ -70,13 +79,12 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--size", default="768x1024", help="person image WxH fed to the parsers")
-    ap.add_argument("--tf32", action="store_true", help="allow TF32 matmul/conv on CUDA")
+    add_tf32_arg(ap)
     ap.add_argument("--channels-last", action="store_true", help="run the network in NHWC memory format")
     ap.add_argument("--out", type=Path, default=None, help="result file (default benchmarks/results/...)")
     args = ap.parse_args()
 
-    if args.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    apply_tf32(args)
     if args.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
     source = weight_source(args)
@@ -99,14 +107,15 @@ def main() -> None:
             )
         del parser
         if args.device.startswith("cuda"):
-            torch.cuda.empty_cache()
+            with on_device(args.device):
+                torch.cuda.empty_cache()
 
     record = {
         "benchmark": "schp",
         "source": args.source,
         "device": args.device,
         "dtype": args.dtype,
-        "tf32": args.tf32,
+        "tf32": tf32_state(args.device),
         "channels_last": args.channels_last,
         "person_size_wh": [width, height],
         "machine": machine_info(args.device, ("torch", "opencv", "numpy")),
