@@ -91,9 +91,11 @@ def test_start_deadline_expires_queued_jobs(store: SQLiteJobStore) -> None:
 def test_expired_lease_requeues_once_then_fails(store: SQLiteJobStore) -> None:
     (job,) = make(store, 1)
     store.claim_batch("a/b", "w1", by_key, 1, lease_s=-1)  # lease already expired: the worker "died"
+    assert store.start([job.id], "w1") == [job.id]
     assert store.recover_expired_leases(max_attempts=2) == [job.id]
     assert store.get(job.id).status == "IN_QUEUE"
     store.claim_batch("a/b", "w2", by_key, 1, lease_s=-1)
+    store.start([job.id], "w2")
     store.recover_expired_leases(max_attempts=2)
     got = store.get(job.id)
     assert got.status == "COMPLETED" and got.error["error_type"] == "runner_disconnected"
@@ -148,3 +150,42 @@ def test_concurrent_workers_never_claim_a_job_twice(tmp_path: Path) -> None:
     flat = [i for c in claimed for i in c]
     assert len(flat) == len(set(flat)) == len(ids)
     assert set(flat) == ids
+
+
+def test_claimed_but_unstarted_jobs_cost_no_attempt_and_can_be_released(store: SQLiteJobStore) -> None:
+    a, b = make(store, 2)
+    store.claim_batch("a/b", "w", by_key, 2, lease_s=-1)  # a prefetch whose worker died before running it
+    for _ in range(3):  # re-queued as often as it happens: never ran, never failed
+        assert sorted(store.recover_expired_leases(max_attempts=2)) == sorted([a.id, b.id])
+        assert store.get(a.id).status == "IN_QUEUE" and store.get(a.id).attempts == 0
+        store.claim_batch("a/b", "w", by_key, 2, lease_s=-1)
+    store.release([a.id, b.id], "other-worker")  # not theirs: nothing happens
+    assert store.get(a.id).status == "IN_PROGRESS"
+    store.release([a.id, b.id], "w")
+    assert store.queue_depths() == {"a/b": 2}
+
+
+def test_start_expires_a_prefetched_job_past_its_deadline(store: SQLiteJobStore) -> None:
+    late = Job(id="late", endpoint="a/b", input={"k": 0}, start_deadline=time.time() + 0.2)
+    store.create(late)
+    store.claim_batch("a/b", "w", by_key, 1, 30)
+    time.sleep(0.3)
+    assert store.start(["late"], "w") == []
+    assert store.get("late").error["error_type"] == "request_timeout"
+    # an expired queued job is not claimable (it is left for expire_deadlines)
+    store.create(Job(id="gone", endpoint="a/b", input={"k": 0}, start_deadline=time.time() - 1))
+    assert store.claim_batch("a/b", "w", by_key, 1, 30) == []
+
+
+def test_only_the_owning_worker_completes_or_heartbeats(store: SQLiteJobStore) -> None:
+    (job,) = make(store, 1)
+    store.claim_batch("a/b", "w1", by_key, 1, lease_s=-1)
+    store.start([job.id], "w1")
+    store.recover_expired_leases(max_attempts=3)  # w1 stalled: re-queued
+    store.claim_batch("a/b", "w2", by_key, 1, 30)
+    store.start([job.id], "w2")
+    store.heartbeat([job.id], 0.01, worker_id="w1")  # the stale worker cannot shorten w2's lease
+    assert store.recover_expired_leases(max_attempts=3) == []
+    assert not store.complete(job.id, result={"by": "w1"}, worker_id="w1")
+    assert store.complete(job.id, result={"by": "w2"}, worker_id="w2")
+    assert store.get(job.id).result == {"by": "w2"}

@@ -164,6 +164,7 @@ def test_every_way_of_completing_a_job_owes_its_webhook(tmp_path: Path) -> None:
     assert store.expire_deadlines(now=20.0) == ["expired"]
     _job(store, "lost")
     store.claim_batch("a/b", "w", lambda _: 0, 8, lease_s=1)
+    store.start(["lost"], "w")
     assert store.recover_expired_leases(max_attempts=1, now=time.time() + 5) == ["lost"]
     for job_id in ("cancelled", "expired", "lost"):
         assert store.get(job_id).status == "COMPLETED"

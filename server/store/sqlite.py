@@ -337,14 +337,17 @@ class SQLiteJobStore:
     ) -> list[Job]:
         """Claim the head of the endpoint's queue plus up to ``max_batch - 1`` jobs with its batch key.
 
-        Order is (priority, created): ``normal`` before ``low``, FIFO within.
+        Order is (priority, created): ``normal`` before ``low``, FIFO within. A claim only leases the jobs
+        to the worker (they show IN_PROGRESS); ``start`` marks when they really start running, so a
+        prefetched batch that never ran costs no attempt. Jobs past their start deadline are left to expire.
         """
         now = time.time()
         with self._write() as db:
             rows = db.execute(
                 f"SELECT {_JOB_COLUMNS} FROM jobs WHERE endpoint = ? AND status = 'IN_QUEUE' "
+                "AND (start_deadline IS NULL OR start_deadline >= ? OR attempts > 0) "
                 "ORDER BY priority_rank, created_at LIMIT ?",
-                (endpoint, max(64, max_batch * 8)),
+                (endpoint, now, max(64, max_batch * 8)),
             ).fetchall()
             jobs = [_row_to_job(r) for r in rows]
             if not jobs:
@@ -354,22 +357,61 @@ class SQLiteJobStore:
             chosen = chosen[:max_batch]
             for job in chosen:
                 db.execute(
-                    "UPDATE jobs SET status = 'IN_PROGRESS', started_at = ?, worker_id = ?, "
-                    "attempts = attempts + 1, lease_until = ? WHERE id = ? AND status = 'IN_QUEUE'",
-                    (now, worker_id, now + lease_s, job.id),
+                    "UPDATE jobs SET status = 'IN_PROGRESS', worker_id = ?, lease_until = ? "
+                    "WHERE id = ? AND status = 'IN_QUEUE'",
+                    (worker_id, now + lease_s, job.id),
                 )
-                job.status, job.started_at, job.worker_id = "IN_PROGRESS", now, worker_id
-                job.attempts += 1
+                job.status, job.worker_id = "IN_PROGRESS", worker_id
         return chosen
 
-    def heartbeat(self, job_ids: list[str], lease_s: float) -> None:
+    def start(self, job_ids: list[str], worker_id: str) -> list[str]:
+        """The claimed jobs start running now: count the attempt, stamp ``started_at``.
+
+        A job whose start deadline passed while it waited in a prefetched batch completes with the
+        timeout error instead. Returns the ids that really started (still this worker's).
+        """
+        now = time.time()
+        started = []
+        with self._write() as db:
+            for job_id in job_ids:
+                row = db.execute(
+                    "SELECT start_deadline, attempts FROM jobs WHERE id = ? AND status = 'IN_PROGRESS' "
+                    "AND worker_id = ?",
+                    (job_id, worker_id),
+                ).fetchone()
+                if row is None:
+                    continue
+                if row["start_deadline"] is not None and row["start_deadline"] < now and row["attempts"] == 0:
+                    db.execute(
+                        "UPDATE jobs SET status = 'COMPLETED', finished_at = ?, error = ?, lease_until = NULL "
+                        "WHERE id = ?",
+                        (now, json.dumps(TIMEOUT_ERROR), job_id),
+                    )
+                    _enqueue_webhook(db, job_id, now)
+                    continue
+                db.execute("UPDATE jobs SET started_at = ?, attempts = attempts + 1 WHERE id = ?", (now, job_id))
+                started.append(job_id)
+        return started
+
+    def release(self, job_ids: list[str], worker_id: str) -> None:
+        """Give claimed jobs that never started back to the queue (a stopping worker's prefetch)."""
+        with self._write() as db:
+            for job_id in job_ids:
+                db.execute(
+                    "UPDATE jobs SET status = 'IN_QUEUE', worker_id = NULL, lease_until = NULL "
+                    "WHERE id = ? AND status = 'IN_PROGRESS' AND worker_id = ? AND started_at IS NULL",
+                    (job_id, worker_id),
+                )
+
+    def heartbeat(self, job_ids: list[str], lease_s: float, worker_id: str | None = None) -> None:
         if not job_ids:
             return
         marks = ",".join("?" * len(job_ids))
+        owner = "" if worker_id is None else " AND worker_id = ?"
         with self._write() as db:
             db.execute(
-                f"UPDATE jobs SET lease_until = ? WHERE status = 'IN_PROGRESS' AND id IN ({marks})",
-                (time.time() + lease_s, *job_ids),
+                f"UPDATE jobs SET lease_until = ? WHERE status = 'IN_PROGRESS' AND id IN ({marks}){owner}",
+                (time.time() + lease_s, *job_ids, *([] if worker_id is None else [worker_id])),
             )
 
     def append_log(self, job_id: str, entry: LogEntry) -> None:
@@ -397,19 +439,23 @@ class SQLiteJobStore:
         result: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
         metrics: dict[str, Any] | None = None,
+        worker_id: str | None = None,
     ) -> bool:
-        """Finish a running job; False when it was no longer IN_PROGRESS (e.g. re-queued meanwhile)."""
+        """Finish a running job; False when it was no longer IN_PROGRESS (or, given ``worker_id``, no
+        longer that worker's: a stalled worker must not overwrite the run that replaced it)."""
         now = time.time()
+        owner = "" if worker_id is None else " AND worker_id = ?"
         with self._write() as db:
             cur = db.execute(
                 "UPDATE jobs SET status = 'COMPLETED', finished_at = ?, result = ?, error = ?, metrics = ?, "
-                "lease_until = NULL WHERE id = ? AND status = 'IN_PROGRESS'",
+                f"lease_until = NULL WHERE id = ? AND status = 'IN_PROGRESS'{owner}",
                 (
                     now,
                     None if result is None else json.dumps(result),
                     None if error is None else json.dumps(error),
                     json.dumps(metrics or {}),
                     job_id,
+                    *([] if worker_id is None else [worker_id]),
                 ),
             )
             if cur.rowcount != 1:
@@ -418,11 +464,13 @@ class SQLiteJobStore:
             return True
 
     def expire_deadlines(self, now: float | None = None) -> list[str]:
-        """Queued jobs whose start deadline passed complete with a timeout error."""
+        """Queued jobs whose start deadline passed complete with a timeout error (not re-queued ones: they
+        did start once)."""
         now = time.time() if now is None else now
         with self._write() as db:
             rows = db.execute(
-                "SELECT id FROM jobs WHERE status = 'IN_QUEUE' AND start_deadline IS NOT NULL AND start_deadline < ?",
+                "SELECT id FROM jobs WHERE status = 'IN_QUEUE' AND attempts = 0 AND start_deadline IS NOT NULL "
+                "AND start_deadline < ?",
                 (now,),
             ).fetchall()
             ids = [r["id"] for r in rows]
@@ -438,8 +486,10 @@ class SQLiteJobStore:
     def recover_expired_leases(self, max_attempts: int, now: float | None = None) -> list[str]:
         """Jobs of a dead worker (lease expired): re-queue if attempts remain, else fail them."""
         now = time.time() if now is None else now
+        # 500, not fal's 503: the job is over, and both clients would re-submit a run on a 503, re-running
+        # the input that just killed the worker.
         failed_error = {
-            "status_code": 503,
+            "status_code": 500,
             "detail": f"The worker running this request stopped responding {max_attempts} times; giving up",
             "error_type": "runner_disconnected",
         }

@@ -48,7 +48,6 @@ class ClaimedBatch:
     loaded: Loaded
     jobs: list[Job]
     prepared: list[Prepared | dict[str, Any]]  # a dict is the item's error
-    claimed_at: float
 
 
 def _internal_error(exc: BaseException) -> dict[str, Any]:
@@ -73,6 +72,7 @@ class Worker:
         self._prepare_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="prepare")
         self._prefetch_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
         self.batches_run = 0
+        self._batch_started: float | None = None  # monotonic start of the running batch (watchdog)
         self.states: dict[str, tuple[str, str]] = {}  # endpoint -> (state, reason), re-reported as a heartbeat
         self._housekeeping_thread: threading.Thread | None = None
 
@@ -156,7 +156,7 @@ class Worker:
                 with self._active_lock:
                     self._active.extend(j.id for j in jobs)
                 prepared = list(self._prepare_pool.map(lambda j, p=pipe: self._prepare(p, j), jobs))
-                return ClaimedBatch(loaded, jobs, prepared, time.time())
+                return ClaimedBatch(loaded, jobs, prepared)
         return None
 
     def _prepare(self, pipe: Pipeline, job: Job) -> Prepared | dict[str, Any]:
@@ -175,9 +175,14 @@ class Worker:
     # -- running
     def run_batch(self, batch: ClaimedBatch) -> None:
         pipe = batch.loaded.pipeline
+        started_at = time.time()
+        # Jobs that timed out while prefetched (completed by the store) or were taken from us are skipped.
+        mine = set(self.store.start([j.id for j in batch.jobs], self.worker_id))
+        cancelled = self.store.is_cancel_requested(list(mine))
         jobs, errors = [], {}
-        cancelled = self.store.is_cancel_requested([j.id for j in batch.jobs])
         for job, prep in zip(batch.jobs, batch.prepared, strict=True):
+            if job.id not in mine:
+                continue
             if job.id in cancelled:
                 errors[job.id] = CANCELLED_ERROR
             elif isinstance(prep, dict):
@@ -187,26 +192,32 @@ class Worker:
         results: dict[str, Any] = {}
         run_time = 0.0
         if jobs:
-            started = time.monotonic()
+            self._batch_started = time.monotonic()
             results = self._run_items(pipe, [j for j, _ in jobs], [p for _, p in jobs])
-            run_time = time.monotonic() - started
+            run_time = time.monotonic() - self._batch_started
+            self._batch_started = None
         for job in batch.jobs:
+            if job.id not in mine:
+                continue
             outcome = errors.get(job.id) or results.get(job.id)
             metrics = {
                 "inference_time": round(run_time, 6),
-                "queue_time": round(max(0.0, (job.started_at or batch.claimed_at) - job.created_at), 6),
+                "queue_time": round(max(0.0, started_at - job.created_at), 6),
                 "batch_size": len(jobs),
             }
             if isinstance(outcome, BaseModel):
-                self.store.complete(job.id, result=outcome.model_dump(mode="json", exclude_none=True), metrics=metrics)
+                result = outcome.model_dump(mode="json", exclude_none=True)
+                self.store.complete(job.id, result=result, metrics=metrics, worker_id=self.worker_id)
             else:
-                self.store.complete(
-                    job.id, error=outcome or _internal_error(RuntimeError("no result")), metrics=metrics
-                )
+                error = outcome or _internal_error(RuntimeError("no result"))
+                self.store.complete(job.id, error=error, metrics=metrics, worker_id=self.worker_id)
+        self._forget(batch)
+        self.batches_run += 1
+
+    def _forget(self, batch: ClaimedBatch) -> None:
         with self._active_lock:
             done = {j.id for j in batch.jobs}
             self._active = [i for i in self._active if i not in done]
-        self.batches_run += 1
 
     def _run_items(self, pipe: Pipeline, jobs: list[Job], prepared: list[Prepared]) -> dict[str, Any]:
         """Run one batch; on an unexpected exception, run its items one by one to isolate the culprit."""
@@ -238,12 +249,18 @@ class Worker:
     # -- housekeeping (its own thread and store connection, so a long batch never delays it)
     def housekeeping(self, store: JobStore) -> None:
         """Lease heartbeats, start deadlines, dead workers' jobs, readiness and GPU memory reports."""
+        started = self._batch_started
+        if started is not None and time.monotonic() - started > self.settings.max_batch_run_s:
+            # A hung pipeline (or CUDA call) would keep its jobs' leases fresh forever: exit instead, so
+            # the leases lapse, the jobs are re-queued once (then failed), and the supervisor restarts us.
+            log.error("a batch has run for more than %.0f s: exiting the worker", self.settings.max_batch_run_s)
+            os._exit(75)
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
             log.warning("the serve process %d is gone: stopping", self.parent_pid)
             self.stop()
         with self._active_lock:
             active = list(self._active)
-        store.heartbeat(active, self.settings.job_lease_s)
+        store.heartbeat(active, self.settings.job_lease_s, self.worker_id)
         store.expire_deadlines()
         store.recover_expired_leases(self.settings.max_attempts)
         for endpoint, (state, reason) in list(self.states.items()):
@@ -292,8 +309,9 @@ class Worker:
         finally:
             if pending is not None:
                 leftover = pending.result()
-                if leftover is not None:
-                    self.run_batch(leftover)
+                if leftover is not None:  # prefetched but never started: back to the queue, no attempt spent
+                    self.store.release([j.id for j in leftover.jobs], self.worker_id)
+                    self._forget(leftover)
             self.stop_event.set()
             self.store.clear_pipeline_states(self.worker_id)  # a stopped worker serves nothing
 
