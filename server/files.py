@@ -9,6 +9,8 @@ from __future__ import annotations
 import mimetypes
 import re
 import secrets
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
@@ -92,3 +94,13 @@ class FileStore:
         if len(parts) != 2:
             return None
         return self.open(parts[0], parts[1])
+
+    def sweep(self, older_than_s: float) -> int:
+        """Delete stored files older than ``older_than_s`` (the ``file_ttl_s`` setting); returns how many."""
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for folder in self.root.iterdir():
+            if folder.is_dir() and _KEY.match(folder.name) and folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+        return removed

@@ -2,7 +2,8 @@
 
 Workers do the same on their own heartbeat thread; this copy covers the case where none is alive
 (all crashed, or ``serve --no-worker`` with external workers down): start deadlines still expire and
-a dead worker's jobs are still re-queued once, then failed, never left IN_PROGRESS.
+a dead worker's jobs are still re-queued once, then failed, never left IN_PROGRESS. It also deletes
+stored files (outputs, uploads) older than ``file_ttl_s`` when that is set.
 """
 
 from __future__ import annotations
@@ -18,16 +19,23 @@ from fastapi import FastAPI
 log = logging.getLogger("fal_onprem.janitor")
 
 INTERVAL_S = 2.0
+FILE_SWEEP_EVERY = 30  # rounds (one minute)
 
 
 async def _loop(app: FastAPI) -> None:
     store, settings = app.state.store, app.state.settings
+    rounds = 0
     while True:
         try:
             await to_thread.run_sync(store.expire_deadlines)
             await to_thread.run_sync(store.recover_expired_leases, settings.max_attempts)
+            if settings.file_ttl_s is not None and rounds % FILE_SWEEP_EVERY == 0:
+                removed = await to_thread.run_sync(app.state.files.sweep, settings.file_ttl_s)
+                if removed:
+                    log.info("removed %d stored files older than %.0f s", removed, settings.file_ttl_s)
         except Exception:  # e.g. a locked database: try again next round
             log.exception("queue housekeeping failed")
+        rounds += 1
         await asyncio.sleep(INTERVAL_S)
 
 
