@@ -146,6 +146,17 @@ def test_metadata_needs_an_exact_allow_entry() -> None:
         resolve_and_check("metadata.google.internal", 80, UrlPolicy(allow=("169.254.0.0/16",)))
 
 
+def test_allowed_host_name_still_cannot_reach_metadata(fake_dns: dict[str, list[str]]) -> None:
+    fake_dns["sneaky.corp.example"] = ["169.254.169.254"]
+    fake_dns["minio.corp.example"] = ["10.0.0.7"]
+    policy = UrlPolicy(allow=("*.corp.example",))
+    assert check_url("http://minio.corp.example/", policy).addresses
+    with pytest.raises(BlockedUrl, match="metadata"):
+        check_url("http://sneaky.corp.example/", policy)
+    exact = UrlPolicy(allow=("*.corp.example", "169.254.169.254"))
+    assert check_url("http://sneaky.corp.example/", exact).addresses
+
+
 def test_blocked_reason_ignores_ipv6_scope() -> None:
     assert blocked_reason(ipaddress.ip_address("fe80::1%eth0")) == "link-local"
 

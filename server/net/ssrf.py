@@ -237,7 +237,18 @@ def resolve_and_check(host: str, port: int, policy: UrlPolicy) -> list[IPAddress
         addresses = [literal]
     else:
         if policy.allows_host(name):
-            return _resolve(name, port)
+            # An allowed name may reach private addresses, but never a metadata endpoint (those are
+            # lifted only by an allow entry naming the exact address).
+            addresses = _resolve(name, port)
+            for address in addresses:
+                reason = blocked_reason(address)
+                if (
+                    reason is not None
+                    and reason.startswith("cloud metadata")
+                    and not policy.allows_address(address, exact=True)
+                ):
+                    raise BlockedUrl(f"{host} resolves to {address}, which is not allowed: {reason}")
+            return addresses
         if name in METADATA_HOSTNAMES:
             raise BlockedUrl(f"{host} is a cloud metadata host name")
         addresses = _resolve(name, port)
