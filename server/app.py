@@ -13,11 +13,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines import registry
 from server import webhooks
+from server.auth import KEY_ID_SECRET_FILE
 from server.config import Settings
 from server.errors import FalError, on_fal_error, on_http_error, on_validation_error
 from server.files import FileStore
 from server.janitor import janitor
 from server.limits import BodyLimitMiddleware
+from server.local_secrets import load_or_create_secret
 from server.proxy import FalProxyMiddleware
 from server.routes import files, ops, queue, run, storage
 from server.store import open_store
@@ -45,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.endpoints = endpoints
     app.state.store = open_store(settings.resolved_store_url)
     app.state.files = FileStore(settings.files_dir)
+    app.state.key_id_secret = load_or_create_secret(settings.data_dir, KEY_ID_SECRET_FILE)
     webhooks.install(app, settings)  # signing key, submit-time URL check, JWKS routes
 
     app.add_exception_handler(RequestValidationError, on_validation_error)

@@ -13,10 +13,14 @@ from fastapi import Request
 
 from server.errors import FalError
 
+KEY_ID_SECRET_FILE = "key_id.key"
 
-def key_id(key: str) -> str:
-    """A stable, non-secret id for a key (stored with each job)."""
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+def key_id(request: Request, key: str) -> str:
+    """A stable id for a key, stored with each job and sent as the webhook user id. It is an HMAC
+    with a per-data-dir secret, so whoever sees it cannot test guesses of the key offline."""
+    secret: bytes = request.app.state.key_id_secret
+    return hmac.new(secret, key.encode(), hashlib.sha256).hexdigest()[:16]
 
 
 def caller_key_id(request: Request) -> str | None:
@@ -30,5 +34,5 @@ def caller_key_id(request: Request) -> str | None:
     if scheme.lower() in ("key", "bearer") and token:
         for key in keys:
             if hmac.compare_digest(token.encode(), key.encode()):
-                return key_id(key)
+                return key_id(request, key)
     raise FalError(401, "Missing or invalid API key (expected 'Authorization: Key <key>')", "unauthorized")

@@ -18,7 +18,6 @@ import hashlib
 import hmac
 import json
 import math
-import os
 import re
 import secrets
 import shutil
@@ -40,29 +39,6 @@ CLEANUP_EVERY_S = 60.0
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 
 Kind = Literal["single", "multipart"]
-
-
-def load_or_create_secret(directory: Path) -> bytes:
-    """The data dir's 32-byte HMAC secret, created atomically (mode 0600) on first use."""
-    path = directory / SECRET_FILE_NAME
-    if path.exists():
-        return bytes.fromhex(path.read_text().strip())
-    directory.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_bytes(32)
-    tmp = directory / f".{SECRET_FILE_NAME}.{secrets.token_hex(8)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, (secret.hex() + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)
-    except FileExistsError:  # another process won the race: use its secret
-        return bytes.fromhex(path.read_text().strip())
-    finally:
-        tmp.unlink()
-    return secret
 
 
 def too_large(limit: int) -> FalError:

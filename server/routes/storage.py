@@ -24,7 +24,8 @@ from pydantic import BaseModel, ConfigDict
 from server.auth import caller_key_id
 from server.auth import key_id as key_id_of
 from server.errors import FalError
-from server.uploads import UploadManager, UploadSession, load_or_create_secret
+from server.local_secrets import load_or_create_secret
+from server.uploads import SECRET_FILE_NAME, UploadManager, UploadSession
 from server.urls import base_url
 
 router = APIRouter(tags=["storage"])
@@ -55,7 +56,7 @@ def uploads(request: Request) -> UploadManager:
         manager = UploadManager(
             settings.data_dir / "uploads",
             state.files,
-            load_or_create_secret(settings.data_dir),
+            load_or_create_secret(settings.data_dir, SECRET_FILE_NAME),
             ttl_s=settings.upload_ttl_s,
             max_bytes=settings.max_upload_bytes,
         )
@@ -171,7 +172,7 @@ def _token_key_id(request: Request, authorization: str | None) -> str | None:
     """Key id of a valid CDN token whose key is still configured (keys may be rotated after issue)."""
     token_key_id = uploads(request).check_token(authorization)
     keys = request.app.state.settings.key_list
-    if keys and token_key_id not in {key_id_of(key) for key in keys}:
+    if keys and token_key_id not in {key_id_of(request, key) for key in keys}:
         raise FalError(403, "Upload token was issued for a key that is no longer accepted", "forbidden")
     return token_key_id
 
