@@ -29,11 +29,10 @@ class CatVTONInput(BaseModel):
     image_size: ImageSize | ImageSizePreset = Field(
         default="portrait_4_3", description="The size of the generated image."
     )
-    num_inference_steps: int = Field(default=30, ge=1, le=100, description="The number of inference steps to perform.")
+    num_inference_steps: int = Field(default=30, ge=1, description="The number of inference steps to perform.")
     guidance_scale: float = Field(
         default=2.5,
         ge=0.0,
-        le=20.0,
         description="The CFG (Classifier Free Guidance) scale is a measure of how close you want the "
         "model to stick to your prompt when looking for a related image to show you.",
     )

@@ -41,6 +41,7 @@ class LivePortraitImageInput(BaseModel):
         description="Whether to set the lip to closed state before animation. Only takes effect when "
         "flag_eye_retargeting and flag_lip_retargeting are False.",
     )
+    # Bounds not on fal's page: a production guard against degenerate or memory-exhausting crops.
     dsize: int = Field(default=512, ge=64, le=2048, description="Size of the output image.")
     scale: float = Field(default=2.3, gt=0, description="Scaling factor for the face crop.")
     vx_ratio: float = Field(default=0.0, description="Horizontal offset ratio for face crop.")

@@ -38,15 +38,15 @@ class PuLIDInput(BaseModel):
     negative_prompt: str = Field(
         default=DEFAULT_NEGATIVE_PROMPT, description="Negative prompt to generate the face from"
     )
-    num_images: int = Field(default=1, ge=1, le=4, description="Number of images to generate")
-    guidance_scale: float = Field(default=1.2, ge=1.0, le=1.5, description="Guidance scale")
-    num_inference_steps: int = Field(default=4, ge=1, le=12, description="Number of steps to take")
+    num_images: int = Field(default=1, ge=1, description="Number of images to generate")
+    guidance_scale: float = Field(default=1.2, ge=0.0, description="Guidance scale")
+    num_inference_steps: int = Field(default=4, ge=1, description="Number of steps to take")
     seed: int | None = Field(default=None, description="Random seed for reproducibility")
     image_size: ImageSize | ImageSizePreset = Field(
-        default_factory=lambda: ImageSize(width=768, height=1024),
+        default=ImageSize(width=768, height=1024),
         description="Size of the generated image",
     )
-    id_scale: float = Field(default=0.8, ge=0.0, le=5.0, description="ID scale")
+    id_scale: float = Field(default=0.8, ge=0.0, description="ID scale")
     mode: Literal["fidelity", "extreme style"] = Field(default="fidelity", description="Mode of generation")
     id_mix: bool = Field(
         default=False,
