@@ -5,7 +5,8 @@
 
 Each batch holds distinct photos (skimage samples, cycled), so detections and crop counts vary like real
 traffic. ``run`` is timed with a context that does not encode PNGs (encoding is the worker's job and is
-reported separately), ``prepare`` (decode-free resize + letterbox) is timed per image. Results go to
+reported separately) unless ``--encode`` (then each PNG is encoded inside ``run``, as in the worker);
+``prepare`` (decode-free resize + letterbox) is timed per image. Results go to
 ``benchmarks/results/<date>_<device>_dwpose.json`` with the machine description.
 """
 
@@ -26,13 +27,21 @@ from pipelines.dwpose.pipeline import DWPosePipeline
 from pipelines.dwpose.schema import DWPoseInput
 
 
-def bench(pipe: DWPosePipeline, batch: int, iters: int, warmup: int, mode: str) -> dict[str, Any]:
+class EncodingContext(NullContext):
+    """Encodes each saved image as the worker's ``save_image`` does (then keeps nothing)."""
+
+    def save_image(self, item: int, image: Any, output_format: str = "png") -> dict[str, Any]:
+        encode_image(image, output_format)
+        return super().save_image(item, image, output_format)
+
+
+def bench(pipe: DWPosePipeline, batch: int, iters: int, warmup: int, mode: str, encode: bool = False) -> dict[str, Any]:
     images = sample_photos()
     inputs = [DWPoseInput(image_url=f"https://x/{i}.png", draw_mode=mode) for i in range(batch)]
     t0 = time.perf_counter()
     prepared = [pipe.prepare(inp, lambda url, loc, i=i: images[i % len(images)]) for i, inp in enumerate(inputs)]
     prepare_s = (time.perf_counter() - t0) / batch
-    ctx = NullContext()
+    ctx = EncodingContext() if encode else NullContext()
     times = timed(lambda: pipe.run(prepared, ctx), iters, warmup=warmup)
     people = sum(len(p) for p in pipe.estimate([p.extra for p in prepared]))
     median = statistics.median(times)
@@ -86,13 +95,14 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--mode", default="full-pose")
+    parser.add_argument("--encode", action="store_true", help="encode the PNGs inside run, as the worker does")
     parser.add_argument("--out", type=Path, default=None, help="result file (default benchmarks/results/...)")
     args = parser.parse_args()
 
     t0 = time.perf_counter()
     pipe = DWPosePipeline.load(weight_source(args), device=args.device)
     load_s = time.perf_counter() - t0
-    results = [bench(pipe, b, args.iters, args.warmup, args.mode) for b in args.batches]
+    results = [bench(pipe, b, args.iters, args.warmup, args.mode, args.encode) for b in args.batches]
     models = [bench_models(pipe, b, args.iters) for b in args.batches]
     for r in results:
         print(
@@ -110,6 +120,7 @@ def main() -> None:
         "source": args.source,
         "device": args.device,
         "draw_mode": args.mode,
+        "png_encode_in_run": args.encode,
         "load_s": round(load_s, 3),
         "png_encode_ms_per_image": png_encode_ms(),
         "machine": machine_info(
