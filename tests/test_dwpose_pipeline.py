@@ -166,6 +166,19 @@ def test_batch_of_eight_equals_single_runs_and_calls_pose_once(monkeypatch):
         np.testing.assert_array_equal(np.asarray(decode_data_uri(out.image.url)), single)
 
 
+def test_concurrent_finishing_gives_the_same_bytes_as_sequential(tiny, monkeypatch):
+    """Drawing + PNG encoding run on the shared finish pool; the PNGs must equal the one-thread path's."""
+    from pipelines.common import per_item
+
+    images = [rgb(skdata.astronaut()), rgb(skdata.coffee()), rgb(skdata.chelsea()), rgb(skdata.rocket())]
+    modes = ["full-pose", "body-pose", "face-hand-mask", "hand-pose"]
+    concurrent, ctx = run_items(tiny, images, modes)
+    monkeypatch.setattr(per_item, "finish_threads", lambda: 1)
+    sequential, seq_ctx = run_items(tiny, images, modes)
+    assert [o.image.url for o in concurrent] == [o.image.url for o in sequential]
+    assert sorted(ctx.logs) == sorted(seq_ctx.logs) and ctx.steps == seq_ctx.steps
+
+
 def test_tiny_models_have_the_real_signatures(tiny, reference_dir):
     import json
 

@@ -99,6 +99,24 @@ def test_a_batch_equals_single_runs(pipeline):
     assert not np.array_equal(np.asarray(batch_ctx.saved[0]), np.asarray(batch_ctx.saved[1]))
 
 
+def test_concurrent_finishing_gives_the_same_bytes_as_sequential(pipeline, monkeypatch):
+    """Paste-back + encoding run on the shared finish pool; the files must equal the one-thread path's."""
+    from pipelines.common import per_item
+
+    inputs = [
+        LivePortraitImageInput(image_url="x", smile=1.0),  # jpeg, pasted back
+        LivePortraitImageInput(image_url="x", blink=-10, output_format="png"),
+        LivePortraitImageInput(image_url="x", pupil_x=20, flag_pasteback=False, dsize=320),
+        LivePortraitImageInput(image_url="x", aaa=60, output_format="png"),
+    ]
+    concurrent, ctx = run(pipeline, inputs)
+    monkeypatch.setattr(per_item, "finish_threads", lambda: 1)
+    sequential, seq_ctx = run(pipeline, inputs)
+    assert [o.image.url for o in concurrent] == [o.image.url for o in sequential]
+    assert [o.image.content_type for o in concurrent] == ["image/jpeg", "image/png", "image/jpeg", "image/png"]
+    assert ctx.steps == seq_ctx.steps
+
+
 def test_endpoint_resolves_to_this_pipeline_and_its_schema_imports_no_model_library():
     import subprocess
     import sys

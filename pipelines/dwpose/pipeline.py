@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import BaseModel
 
 import weights
-from pipelines.common.per_item import finish_item
+from pipelines.common.per_item import finish_all
 from pipelines.contract import Dtype, ImageLoader, ItemError, Pipeline, Prepared, RunContext, WeightSource
 
 from . import detector, draw, pose
@@ -97,10 +97,10 @@ class DWPosePipeline(Pipeline):
             if "padded" not in item.extra:  # prepare() skipped by the caller
                 item.extra.update(self.preprocess(np.asarray(item.images["image_url"].convert("RGB"))))
         openpose = self.estimate([p.extra for p in batch], ctx)
-        outputs: list[BaseModel | ItemError] = [
-            finish_item(i, lambda i=i, item=item, people=people: self._draw(i, item, people, ctx), "drawing")
-            for i, (item, people) in enumerate(zip(batch, openpose, strict=True))
-        ]
+        # drawing + PNG encoding per item, concurrently (cv2 / zlib release the GIL); one failure fails one item
+        outputs: list[BaseModel | ItemError] = finish_all(
+            list(zip(batch, openpose, strict=True)), lambda i, pair: self._draw(i, *pair, ctx), "drawing"
+        )
         ctx.progress(3, 3)
         return outputs
 

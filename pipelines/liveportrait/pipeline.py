@@ -29,7 +29,7 @@ import torch
 from pydantic import BaseModel
 
 import weights
-from pipelines.common.per_item import finish_item
+from pipelines.common.per_item import finish_all
 from pipelines.common.schema_types import Image
 from pipelines.contract import Dtype, ImageLoader, ItemError, Pipeline, Prepared, RunContext, WeightSource
 
@@ -156,11 +156,10 @@ class LivePortraitPipeline(Pipeline):
         faces_u8 = (faces.permute(0, 2, 3, 1) * 255).clamp(0, 255).to(torch.uint8).cpu().numpy()
         ctx.progress(2, total)
 
-        # 5. paste back and encode, each item on its own: one failure fails that item only
-        results: list[BaseModel | ItemError] = [
-            finish_item(i, lambda i=i, inp=inp, src=src: self._finish(i, inp, src, faces_u8[i], ctx), "paste-back")
-            for i, (inp, src) in enumerate(zip(inputs, sources, strict=True))
-        ]
+        # 5. paste back and encode, items concurrently (cv2 / PIL release the GIL): one failure fails that item only
+        results: list[BaseModel | ItemError] = finish_all(
+            list(zip(inputs, sources, faces_u8, strict=True)), lambda i, it: self._finish(i, *it, ctx), "paste-back"
+        )
         ctx.progress(3, total)
         return results
 
