@@ -63,11 +63,14 @@ def error_response(
 
 def job_error_response(error: dict[str, Any], request_id: str) -> JSONResponse:
     """The result call of a failed job: the job's own status code and body."""
+    headers = {"x-fal-request-id": request_id}
+    if error.get("error_type") == "request_timeout":
+        headers["X-Fal-Request-Timeout-Type"] = "user"  # the caller's own deadline: clients must not retry
     return error_response(
         int(error.get("status_code", 500)),
         error.get("detail", "Internal error"),
         error.get("error_type"),
-        {"x-fal-request-id": request_id},
+        headers,
     )
 
 

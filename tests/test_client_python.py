@@ -142,6 +142,7 @@ def test_start_timeout_expires_a_queued_job(client: fal_client.SyncClient, live_
         late.get()
     assert err.value.status_code == 504
     assert err.value.error_type == "request_timeout"
+    assert err.value.response_headers["x-fal-request-timeout-type"] == "user"  # clients do not retry
     assert isinstance(blocker.status(), fal_client.InProgress)  # expired while the worker was busy
     blocker.cancel()
 
