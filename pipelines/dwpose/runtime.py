@@ -34,6 +34,9 @@ class OnnxModel:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
+        # idle intra-op threads would spin after each run, taking the cores that the per-item finish pool
+        # (drawing + PNG encoding) and the worker's prepare threads need right then
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         source = model if isinstance(model, bytes) else str(model)
         self.session = ort.InferenceSession(source, sess_options=options, providers=providers_for(device))
         first = self.session.get_inputs()[0]
