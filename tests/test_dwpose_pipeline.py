@@ -22,7 +22,7 @@ from pipelines.dwpose import ENDPOINT  # noqa: E402
 from pipelines.dwpose.pipeline import DWPosePipeline  # noqa: E402
 from pipelines.dwpose.preprocess import output_size  # noqa: E402
 from pipelines.dwpose.schema import DWPoseInput, DWPoseOutput  # noqa: E402
-from tests.support.fake_ctx import FakeContext  # noqa: E402
+from tests.support.fake_ctx import FailingSaveContext, FakeContext  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -262,19 +262,6 @@ def test_cuda_request_without_cuda_provider_falls_back_to_cpu(monkeypatch):
     assert (cuda, options["device_id"], cpu) == ("CUDAExecutionProvider", 1, "CPUExecutionProvider")
     assert options["cudnn_conv_algo_search"] == "HEURISTIC"
     assert runtime.providers_for("cpu") == ["CPUExecutionProvider"]
-
-
-class FailingSaveContext(FakeContext):
-    """``save_image`` raises for one item, as a full disk or a failed upload would."""
-
-    def __init__(self, failing_item: int) -> None:
-        super().__init__()
-        self.failing_item = failing_item
-
-    def save_image(self, item, image, output_format="png"):
-        if item == self.failing_item:
-            raise OSError("disk full")
-        return super().save_image(item, image, output_format)
 
 
 def test_one_items_failure_after_the_networks_fails_only_that_item(tiny):

@@ -10,7 +10,7 @@ from PIL import Image
 from pipelines.contract import ItemError, WeightSource
 from pipelines.liveportrait.pipeline import LivePortraitPipeline
 from pipelines.liveportrait.schema import LivePortraitImageInput, LivePortraitImageOutput
-from tests.support.fake_ctx import FakeContext
+from tests.support.fake_ctx import FailingSaveContext, FakeContext
 
 PHOTO = Image.fromarray(skimage.data.astronaut())  # 512 x 512
 BLANK = Image.new("RGB", (320, 240), (128, 128, 128))
@@ -145,19 +145,6 @@ def test_lip_zero_only_where_asked_and_the_mouth_is_open(pipeline):
         delta = pipeline._lip_zero(inputs, sources, x_s)
     assert delta[0].abs().sum() > 0
     assert torch.equal(delta[1:], torch.zeros_like(delta[1:]))
-
-
-class FailingSaveContext(FakeContext):
-    """``save_image`` raises for one item, as a full disk or a failed upload would."""
-
-    def __init__(self, failing_item: int) -> None:
-        super().__init__()
-        self.failing_item = failing_item
-
-    def save_image(self, item, image, output_format="png"):
-        if item == self.failing_item:
-            raise OSError("disk full")
-        return super().save_image(item, image, output_format)
 
 
 def test_one_items_failure_after_the_networks_fails_only_that_item(pipeline):

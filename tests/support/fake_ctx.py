@@ -46,3 +46,16 @@ class FakeContext:
             "width": pil.width,
             "height": pil.height,
         }
+
+
+class FailingSaveContext(FakeContext):
+    """``save_image`` raises for one item, as a full disk or a failed upload would."""
+
+    def __init__(self, failing_item: int) -> None:
+        super().__init__()
+        self.failing_item = failing_item
+
+    def save_image(self, item: int, image: Any, output_format: str = "png") -> dict[str, Any]:
+        if item == self.failing_item:
+            raise OSError("disk full")
+        return super().save_image(item, image, output_format)
