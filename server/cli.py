@@ -213,7 +213,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fal-onprem", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="fal-onprem", description="Self-hosted, fal.ai-compatible inference server for human-image pipelines."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the API and one worker per visible GPU (CPU worker when none)")
