@@ -24,7 +24,6 @@ class PipelineSettings(BaseModel):
     max_batch: int | None = None
     max_wait_ms: int | None = None
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
-    compile: bool = False
 
 
 class Settings(BaseSettings):
