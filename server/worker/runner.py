@@ -32,6 +32,9 @@ from server.worker.inputs import make_image_loader
 log = logging.getLogger("fal_onprem.worker")
 
 IDLE_SLEEP_S = 0.02
+# A busy worker claims its next batch this much later than an idle one would (idle workers poll every
+# IDLE_SLEEP_S), so with several GPUs a burst goes to the idle ones first instead of queueing behind us.
+PREFETCH_DELAY_S = 5 * IDLE_SLEEP_S
 HOUSEKEEPING_S = 1.0
 
 
@@ -158,6 +161,11 @@ class Worker:
                 prepared = list(self._prepare_pool.map(lambda j, p=pipe: self._prepare(p, j), jobs))
                 return ClaimedBatch(loaded, jobs, prepared)
         return None
+
+    def _prefetch(self) -> ClaimedBatch | None:
+        if self.stop_event.wait(PREFETCH_DELAY_S):
+            return None
+        return self.claim_next()
 
     def _prepare(self, pipe: Pipeline, job: Job) -> Prepared | dict[str, Any]:
         try:
@@ -302,7 +310,7 @@ class Worker:
                     time.sleep(IDLE_SLEEP_S)
                     continue
                 # Prepare the next batch on CPU threads while this one runs.
-                pending = self._prefetch_pool.submit(self.claim_next)
+                pending = self._prefetch_pool.submit(self._prefetch)
                 self.run_batch(batch)
                 if max_batches is not None and self.batches_run >= max_batches:
                     break
