@@ -107,30 +107,35 @@ def _exit_on_sigterm() -> None:
 
 
 class WorkerSupervisor:
-    """Keeps one worker child process per device alive (a crashed worker is restarted)."""
+    """Keeps one worker child process per device slot alive (a crashed worker is restarted).
+
+    Slots, not device names, identify workers: ``--device cuda:0 --device cuda:0`` runs two workers
+    on one GPU (e.g. to overlap CPU-bound preprocessing), and each is restarted on its own.
+    """
 
     def __init__(self, devices: list[str]) -> None:
         self.devices = devices
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.stopping = threading.Event()
 
-    def _spawn(self, device: str) -> None:
+    def _spawn(self, slot: int) -> None:
+        device = self.devices[slot]
         cmd = [sys.executable, "-m", "server.cli", "worker", "--device", device, "--parent-pid", str(os.getpid())]
-        self.procs[device] = subprocess.Popen(cmd, preexec_fn=_die_with_parent)
-        log.info("started worker pid=%d device=%s", self.procs[device].pid, device)
+        self.procs[slot] = subprocess.Popen(cmd, preexec_fn=_die_with_parent)
+        log.info("started worker pid=%d device=%s", self.procs[slot].pid, device)
 
     def start(self) -> None:
-        for device in self.devices:
-            self._spawn(device)
+        for slot in range(len(self.devices)):
+            self._spawn(slot)
         threading.Thread(target=self._watch, daemon=True, name="supervisor").start()
 
     def _watch(self) -> None:
         while not self.stopping.wait(1.0):
-            for device, proc in list(self.procs.items()):
+            for slot, proc in list(self.procs.items()):
                 if proc.poll() is not None and not self.stopping.is_set():
-                    log.warning("worker on %s exited with %s; restarting", device, proc.returncode)
+                    log.warning("worker on %s exited with %s; restarting", self.devices[slot], proc.returncode)
                     time.sleep(WORKER_RESTART_DELAY_S)
-                    self._spawn(device)
+                    self._spawn(slot)
 
     def stop(self) -> None:
         self.stopping.set()

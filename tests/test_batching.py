@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
+from pathlib import Path
 
 import httpx
 
@@ -65,3 +67,21 @@ def test_metrics_endpoint_reports_queue_and_outcomes(live_server: LiveServer) ->
     assert samples['fal_onprem_batch_size_count{endpoint="test/echo"}'] >= 2 * N + 1
     assert 'fal_onprem_run_seconds_bucket{endpoint="test/echo",le="+Inf"}' in text
     assert "fal_onprem_queue_wait_seconds_sum" in text
+
+
+def test_two_workers_share_a_burst(tmp_path: Path) -> None:
+    """Two workers on one store (as with two GPUs): a burst is split between them, nothing runs twice."""
+    server = LiveServer(tmp_path, extra_args=["--device", "cpu", "--device", "cpu"])
+    server.start()
+    try:
+        subs = [
+            submit(server, {"image_url": png_data_uri(), "seed": i, "steps": 5, "step_ms": 100}) for i in range(4 * 8)
+        ]
+        for sub in subs:
+            assert "error" not in wait_completed(sub["status_url"], timeout=120)
+        db = sqlite3.connect(tmp_path / "jobs.sqlite")
+        rows = db.execute("SELECT worker_id, attempts FROM jobs").fetchall()
+        assert all(attempts == 1 for _, attempts in rows)
+        assert len({worker for worker, _ in rows}) == 2, rows
+    finally:
+        server.stop()
