@@ -86,16 +86,20 @@ class Prepared:
     input: BaseModel
     images: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    key: int = 0
+    """The item's id for ``RunContext`` calls: its position in a ``run`` batch; for stepwise pipelines a
+    number the worker gives each job, unique for as long as the worker lives."""
 
 
 class RunContext(Protocol):
-    """What a running batch may ask of the worker. Item indices refer to positions in the batch."""
+    """What a running batch may ask of the worker. Items are addressed by ``Prepared.key``."""
 
     def log(self, message: str, item: int | None = None, level: str = "INFO") -> None:
         """Append a log line to one item (or to every item when ``item`` is None)."""
 
-    def progress(self, step: int, total: int) -> None:
-        """Report a step boundary; raises BatchCancelled when all items were cancelled."""
+    def progress(self, step: int, total: int, item: int | None = None) -> None:
+        """Report a step boundary (of one item, or of the whole batch when ``item`` is None); raises
+        BatchCancelled when all items were cancelled (never for a single ``item``: the worker drops it)."""
 
     def is_cancelled(self, item: int) -> bool:
         """True once the client cancelled this item; the pipeline may drop it from the batch."""
@@ -151,6 +155,91 @@ class Pipeline:
 
     def run(self, batch: list[Prepared], ctx: RunContext) -> list[BaseModel | ItemError]:
         raise NotImplementedError
+
+    # -- memory budget (ARCHITECTURE.md §4.2); the worker uses these to load, evict and admit
+    def resident_bytes(self) -> int:
+        """Device memory the loaded pipeline holds (weights, caches); 0 when unknown."""
+        return 0
+
+    def row_bytes(self, inp: BaseModel) -> int:
+        """Peak activation memory one batch row of this input adds while it runs; 0 when unknown."""
+        return 0
+
+
+Result = BaseModel | ItemError
+State = Any
+"""A stepwise pipeline's running batch: opaque to the worker (tensors, per-row scheduler positions...)."""
+
+
+class StepwisePipeline(Pipeline):
+    """A diffusion pipeline that the worker drives one denoising step at a time (ARCHITECTURE.md §4.1).
+
+    Items are addressed by ``Prepared.key``. Between two ``step`` calls (a step boundary) the worker may
+    retire finished items (``finish``), remove cancelled ones (``drop``) and admit new ones
+    (``begin`` + ``merge``). A row's result must not depend on which other rows shared its steps: every
+    row keeps its own generator, timestep index, guidance and scheduler state.
+    """
+
+    def step_key(self, inp: BaseModel) -> Hashable:
+        """Items with equal keys may share one network call (same shapes, same step count)."""
+        return self.batch_key(inp)
+
+    def rows(self, inp: BaseModel) -> int:
+        """Batch rows one item occupies (e.g. ``num_images``; CFG doubling is inside the pipeline)."""
+        return 1
+
+    def total_steps(self, inp: BaseModel) -> int:
+        """Number of ``step`` calls the item needs (for progress and admission)."""
+        raise NotImplementedError
+
+    def begin(self, items: list[Prepared], ctx: RunContext) -> State:
+        """Encode conditions, seed one generator per row from ``ctx.seed(key)``, draw initial latents."""
+        raise NotImplementedError
+
+    def step(self, state: State, ctx: RunContext) -> None:
+        """One network call for every row in ``state``; each row advances its own scheduler by one step.
+        Reports ``ctx.progress(step, total, item=key)`` for each item it advanced."""
+        raise NotImplementedError
+
+    def done(self, state: State) -> list[int]:
+        """Keys of the items whose last step has run."""
+        raise NotImplementedError
+
+    def finish(self, state: State, keys: list[int], ctx: RunContext) -> list[Result]:
+        """Decode and save these items (in the order of ``keys``) and remove their rows from ``state``."""
+        raise NotImplementedError
+
+    def merge(self, state: State, other: State) -> State:
+        """``other``'s rows join ``state`` (same ``step_key``) at a step boundary; returns the merged state."""
+        raise NotImplementedError
+
+    def drop(self, state: State, keys: list[int]) -> None:
+        """Remove these items' rows (cancelled); the other rows are unaffected."""
+        raise NotImplementedError
+
+    def keys(self, state: State) -> list[int]:
+        """Keys of every item still in ``state``."""
+        raise NotImplementedError
+
+    def run(self, batch: list[Prepared], ctx: RunContext) -> list[Result]:
+        """The closed loop over the stepwise protocol, for callers without step-level scheduling (tests,
+        benchmarks, a one-shot worker). Items are keyed by their position in ``batch``."""
+        for i, item in enumerate(batch):
+            item.key = i
+        results: dict[int, Result] = {}
+        state = self.begin(batch, ctx)
+        while self.keys(state):
+            cancelled = [k for k in self.keys(state) if ctx.is_cancelled(k)]
+            if cancelled:
+                self.drop(state, cancelled)
+                results.update((k, ItemError(400, "Request was cancelled", "request_cancelled")) for k in cancelled)
+                if not self.keys(state):
+                    break
+            self.step(state, ctx)
+            finished = self.done(state)
+            if finished:
+                results.update(zip(finished, self.finish(state, finished, ctx), strict=True))
+        return [results[i] for i in range(len(batch))]
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,10 @@ class BatchContext:
             self.store.append_log(job.id, LogEntry(message, level))
         log.info("%s [%s] %s", self.jobs[0].endpoint, ",".join(j.id[:8] for j in targets), message)
 
-    def progress(self, step: int, total: int) -> None:
-        self.log(f"Step {step}/{total}")
+    def progress(self, step: int, total: int, item: int | None = None) -> None:
+        self.log(f"Step {step}/{total}", item)
+        if item is not None:
+            return
         self._poll_cancel(force=True)
         if len(self._cancelled) == len(self.jobs):
             raise BatchCancelled()

@@ -20,13 +20,17 @@ class FakeContext:
     cancelled: set[int] = field(default_factory=set)
     logs: list[tuple[int | None, str, str]] = field(default_factory=list)
     steps: list[tuple[int, int]] = field(default_factory=list)
+    item_steps: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     saved: dict[int, Image.Image] = field(default_factory=dict)
 
     def log(self, message: str, item: int | None = None, level: str = "INFO") -> None:
         self.logs.append((item, level, message))
 
-    def progress(self, step: int, total: int) -> None:
-        self.steps.append((step, total))
+    def progress(self, step: int, total: int, item: int | None = None) -> None:
+        if item is None:
+            self.steps.append((step, total))
+        else:
+            self.item_steps.setdefault(item, []).append((step, total))
 
     def is_cancelled(self, item: int) -> bool:
         return item in self.cancelled
