@@ -137,6 +137,8 @@ class Pipeline:
     Output: ClassVar[type[BaseModel]]
     max_batch: ClassVar[int] = 1
     max_wait_ms: ClassVar[int] = 0
+    gpu_dtype: ClassVar[Dtype] = "float32"
+    """The dtype the worker loads the pipeline in on a CUDA device unless configured otherwise (CPU: float32)."""
 
     def batch_key(self, inp: BaseModel) -> Hashable:
         """Jobs with equal keys may share one batch. Default: all jobs of the endpoint."""

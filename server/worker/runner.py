@@ -103,7 +103,8 @@ class Worker:
             started = time.monotonic()
             try:
                 cls = registry.pipeline_class(spec)
-                pipe = cls.load(self.weight_source(), self.device, cfg.dtype or "float32")
+                dtype = cfg.dtype or (cls.gpu_dtype if self.device.startswith("cuda") else "float32")
+                pipe = cls.load(self.weight_source(), self.device, dtype)
             except Exception as exc:  # a pipeline that cannot load must not stop the others
                 reason = str(exc) or type(exc).__name__
                 log.warning("%s: not loaded: %s", spec.endpoint_id, reason)
