@@ -174,3 +174,12 @@ def test_batch_key_and_memory_hooks(pipe: CatVTONPipeline) -> None:
     assert pipe.row_bytes(request(image_size="portrait_4_3")) == 4 * pipe.row_bytes(request(image_size="square")) * (
         768 * 1024
     ) // (4 * 512 * 512)
+
+
+def test_any_integer_seed_is_accepted(pipe: CatVTONPipeline) -> None:
+    """fal's ``seed`` has no bounds; torch generators take 64 bits."""
+    ctx = FakeContext(seeds=[2**70, -5])
+    results = pipe.run(
+        [prepare(pipe, request(num_inference_steps=1)), prepare(pipe, request(num_inference_steps=1))], ctx
+    )
+    assert not any(isinstance(r, ItemError) for r in results)

@@ -22,7 +22,6 @@ the person nearly unchanged); the item's log says so.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -62,8 +61,6 @@ from .preprocess import (
 )
 from .schema import CatVTONInput, CatVTONOutput
 
-log = logging.getLogger(__name__)
-
 PERSON, GARMENT = "human_image_url", "garment_image_url"
 LOG_EVERY = 10  # steps between "step i/N" log lines
 # Peak activation bytes per output pixel and row in 16-bit: the paper's 5.94 GB at 1024x768 (bf16, batch 1)
@@ -72,9 +69,10 @@ ROW_BYTES_PER_PIXEL_16BIT = 5_100
 MASKER_DTYPE: Dtype = "float32"  # the original runs DensePose and SCHP in float32; labels are discrete decisions
 
 
-def vae_seed(seed: int) -> int:
-    """The VAE samples' generator seed: a stream distinct from the noise generator's."""
-    return (seed + 1) % 2**64
+def generator_seeds(seed: int) -> tuple[int, int]:
+    """(noise generator seed, VAE generator seed) of a request: any integer ``seed`` is accepted (torch takes
+    64-bit seeds) and the VAE samples get a stream distinct from the noise's."""
+    return seed % 2**64, (seed + 1) % 2**64
 
 
 @dataclass
@@ -230,7 +228,7 @@ class CatVTONPipeline(StepwisePipeline):
             if item.key in masks:
                 by_size.setdefault((*people[i].size, inputs[i].num_inference_steps), []).append(i)
         for (*_, steps), idx in by_size.items():
-            seeds = [(s, vae_seed(s)) for s in (ctx.seed(items[i].key) for i in idx)]
+            seeds = [generator_seeds(ctx.seed(items[i].key)) for i in idx]
             state.rows += start_rows(
                 self.networks.vae,
                 [items[i].key for i in idx],
