@@ -218,3 +218,20 @@ def test_whole_pipeline_matches_every_stage(
     expected = golden["out.image_u8"].numpy()
     diff = np.abs(image.astype(int) - expected.astype(int))
     assert diff.max() <= 1 and (diff > 0).mean() <= 1e-3, f"{int((diff > 0).sum())} pixels differ"
+
+
+def test_full_size_configs_have_the_real_key_sets_and_sizes(fixtures: Path) -> None:
+    """The real configs on meta: the fixtures' key sets (identical to the real files') and the real sizes
+    (SD1.5's 859,520,964 UNet parameters + 14,400 for conv_in's 5 extra inpainting channels)."""
+    from safetensors import safe_open
+
+    from pipelines.catvton.configs import REAL_UNET, REAL_VAE
+
+    for build, config, name, params in (
+        (build_unet, REAL_UNET, "unet", 859_535_364),
+        (build_vae, REAL_VAE, "vae", 83_653_863),
+    ):
+        module = build(config, "meta")
+        with safe_open(str(fixtures / "models" / name / "diffusion_pytorch_model.safetensors"), "pt") as f:
+            assert set(module.state_dict()) == set(f.keys()), name
+        assert sum(p.numel() for p in module.parameters()) == params, name
