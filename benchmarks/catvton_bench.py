@@ -30,7 +30,8 @@ import torch
 
 from benchmarks.common import NullContext, add_source_args, on_device, sample_photos, sync, tf32_state, weight_source
 from benchmarks.machine import machine_info, write_result
-from pipelines.catvton.pipeline import CatVTONPipeline
+from pipelines.catvton.denoise import Row, draw
+from pipelines.catvton.pipeline import CatVTONPipeline, TryOnBatch
 from pipelines.catvton.schema import CatVTONInput
 from pipelines.contract import Prepared
 
@@ -109,31 +110,50 @@ def measure_full(pipe: CatVTONPipeline, args: argparse.Namespace) -> dict[str, A
     return {"results": rows, "baseline": baseline}
 
 
-def measure_step(pipe: CatVTONPipeline, args: argparse.Namespace) -> dict[str, Any]:
+def synthetic_batch(pipe: CatVTONPipeline, bs: int, args: argparse.Namespace) -> TryOnBatch:
+    """``bs`` rows of the benchmark's shape with CFG on: a step costs the same whatever the latents hold."""
+    device, shape = pipe.networks.device, (1, 4, 2 * (args.height // 8), args.width // 8)
+    noise = torch.Generator().manual_seed(0)
+    mask = torch.zeros(1, 1, *shape[2:], device=device)
+    rows = [
+        Row(k, draw(shape, noise, device), mask, draw(shape, noise, device), 2.5, args.steps, torch.Generator())
+        for k in range(bs)
+    ]
+    return TryOnBatch(rows=rows)
+
+
+def measure_step(pipe: CatVTONPipeline, args: argparse.Namespace, write: Any) -> dict[str, Any]:
+    """One step per batch size (the first batch size first), and begin/finish once at batch 1; the report is
+    rewritten after each measurement, so a slow machine leaves the finished ones."""
     ctx = Context()
-    batch = prepared_batch(pipe, 1, args.width, args.height, args.steps)
-    for i, item in enumerate(batch):
-        item.key = i
-    state, begin_s = clock(lambda: pipe.begin(batch, ctx), args.device)
-    _, finish_s = clock(lambda: pipe.finish(state, [0], ctx), args.device)  # decodes the initial noise: same cost
-    print(json.dumps({"begin_s_batch1": round(begin_s, 2), "finish_s_batch1": round(finish_s, 2)}), flush=True)
-    rows = []
-    for bs in args.batch_sizes:
-        batch = prepared_batch(pipe, 1, args.width, args.height, args.steps) * bs  # one encode, copied rows
-        for i, item in enumerate(batch):
-            item.key = i
-        state = pipe.begin(batch[:1], ctx)
-        row0 = state.rows[0]
-        state.rows = [row0] + [type(row0)(**{**row0.__dict__, "key": k}) for k in range(1, bs)]
+    measured: dict[str, Any] = {"begin_s_batch1": None, "finish_s_batch1": None, "results": []}
+
+    def extrapolate() -> None:
+        begin_s, finish_s = measured["begin_s_batch1"], measured["finish_s_batch1"]
+        for row in measured["results"]:
+            if begin_s is not None:
+                bs = row["batch_size"]
+                seconds = bs * begin_s + args.steps * row["step_s"] + bs * finish_s
+                row |= {"seconds_per_batch": round(seconds, 1), "seconds_per_image": round(seconds / bs, 1)}
+                row |= {"images_per_s": round(bs / seconds, 5), "extrapolated": True}
+        write(measured)
+
+    for i, bs in enumerate(args.batch_sizes):
+        state = synthetic_batch(pipe, bs, args)
         reset_peak(args.device)
         _, step_s = clock(lambda state=state: pipe.step(state, ctx), args.device)
-        seconds = bs * begin_s + args.steps * step_s + bs * finish_s
-        row = {"batch_size": bs, "step_s": round(step_s, 2), "seconds_per_batch": round(seconds, 1)}
-        row |= {"images_per_s": round(bs / seconds, 5), "seconds_per_image": round(seconds / bs, 1)}
-        row |= {"peak_memory_gib": peak_memory_gib(args.device), "extrapolated": True}
-        rows.append(row)
+        row = {"batch_size": bs, "step_s": round(step_s, 2), "peak_memory_gib": peak_memory_gib(args.device)}
+        measured["results"].append(row)
         print(json.dumps(row), flush=True)
-    return {"begin_s_batch1": round(begin_s, 2), "finish_s_batch1": round(finish_s, 2), "results": rows}
+        extrapolate()
+        if i == 0:
+            batch = prepared_batch(pipe, 1, args.width, args.height, args.steps)
+            state, begin_s = clock(lambda batch=batch: pipe.begin(batch, ctx), args.device)
+            _, finish_s = clock(lambda state=state: pipe.finish(state, [0], ctx), args.device)  # same cost as at t=0
+            measured |= {"begin_s_batch1": round(begin_s, 2), "finish_s_batch1": round(finish_s, 2)}
+            print(json.dumps({k: measured[k] for k in ("begin_s_batch1", "finish_s_batch1")}), flush=True)
+            extrapolate()
+    return measured
 
 
 def main() -> None:
@@ -163,28 +183,31 @@ def main() -> None:
         load_s = time.perf_counter() - t0
         if args.compile:
             pipe.networks.unet = torch.compile(pipe.networks.unet, dynamic=True)
-        measured = (measure_full if args.measure == "full" else measure_step)(pipe, args)
 
-    report = {
-        "benchmark": "catvton",
-        "endpoint": "fal-ai/cat-vton",
-        "source": args.source,
-        "device": args.device,
-        "dtype": args.dtype,
-        "compile": args.compile,
-        "tf32": tf32_state(args.device),
-        "measure": args.measure,
-        "extrapolated": args.measure == "step",
-        "image": f"{args.width}x{args.height}, {args.steps} DDIM steps, guidance 2.5 (CFG), skimage astronaut/coffee",
-        "load_s": round(load_s, 1),
-        "resident_gib": round(pipe.resident_bytes() / 2**30, 2),
-        "note": "run() = AutoMasker (DensePose + SCHP LIP/ATR, float32) + VAE encode + steps + decode; no PNG "
-        "encoding. step measure: one step timed per batch size, seconds per batch extrapolated as "
-        "B*begin_1 + N*step_B + B*finish_1; peak memory on CPU is the process's peak RSS.",
-        **measured,
-        "machine": machine_info(args.device, ("torch", "diffusers")),
-    }
-    out = write_result("catvton", args.device, report, args.out)
+        def write(measured: dict[str, Any]) -> Path:
+            report = {
+                "benchmark": "catvton",
+                "endpoint": "fal-ai/cat-vton",
+                "source": args.source,
+                "device": args.device,
+                "dtype": args.dtype,
+                "compile": args.compile,
+                "tf32": tf32_state(args.device),
+                "measure": args.measure,
+                "extrapolated": args.measure == "step",
+                "image": f"{args.width}x{args.height}, {args.steps} DDIM steps, guidance 2.5 (CFG), "
+                "skimage astronaut (person) / coffee (garment)",
+                "load_s": round(load_s, 1),
+                "resident_gib": round(pipe.resident_bytes() / 2**30, 2),
+                "note": "run() = AutoMasker (DensePose + SCHP LIP/ATR, float32) + VAE encode + steps + decode; no PNG "
+                "encoding. step measure: one step timed per batch size, seconds per batch extrapolated as "
+                "B*begin_1 + N*step_B + B*finish_1; peak memory on CPU is the process's peak RSS.",
+                **measured,
+                "machine": machine_info(args.device, ("torch", "diffusers")),
+            }
+            return write_result("catvton", args.device, report, args.out)
+
+        out = write(measure_full(pipe, args) if args.measure == "full" else measure_step(pipe, args, write))
     print(f"wrote {out}")
 
 
