@@ -1,4 +1,4 @@
-"""`fal-onprem weights pull cat-vton`: the endpoint's name is accepted and the non-commercial licence is shown."""
+"""CatVTON weights: `weights pull cat-vton` shows the non-commercial licence; missing files name the pull command."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import weights
+from pipelines.contract import WeightSource
 from tests.support.fake_hf_hub import FakeHub
 from weights import cli
 
@@ -31,3 +32,13 @@ def test_pull_prints_the_licence_note(
 def test_unknown_name_is_still_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["pull", "cat-vtonx"]) == 2
     assert "unknown pipeline(s) cat-vtonx" in capsys.readouterr().err
+
+
+def test_real_source_without_files_names_the_pull_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.catvton.networks import load_networks
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(weights.MissingWeights) as err:
+        load_networks(WeightSource.real(tmp_path / "w"))
+    assert "fal-onprem weights pull" in err.value.pull_command and "catvton" in err.value.pull_command
