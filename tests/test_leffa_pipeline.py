@@ -155,3 +155,14 @@ def test_half_precision_vae_overflow_is_decoded_again_in_float32():
     assert torch.isfinite(decoded).all()
     assert any("float32" in message for _, _, message in ctx.logs)
     assert not torch.equal(decoded, reference)  # really decoded by the (scaled) float32 copy
+
+
+def test_memory_hooks(pipeline):
+    nets = pipeline.networks
+    unet_bytes = sum(p.numel() * 4 for p in nets.unet.parameters())
+    assert pipeline.resident_bytes() > 2 * unet_bytes  # two UNets, the VAE, DensePose, the safety checker
+    inp = LeffaPoseTransferInput(pose_image_url="p", person_image_url="q")
+    # every reference feature, [uncond, cond], float32: tiny canvas 192x256 -> 28 features
+    features = sum(f.numel() for f in pipeline._reference_features(
+        [pipeline.begin([item(pipeline, 0, steps=1)], FakeContext()).rows[0]], [1]).values())  # fmt: skip
+    assert pipeline.row_bytes(inp) >= features * 4

@@ -208,22 +208,29 @@ class LeffaPoseTransferPipeline(StepwisePipeline):
         t = [row.timesteps[len(row.timesteps) // 2] for row in rows]
         features = self._reference_features(rows, t)
         for j, row in enumerate(rows):
-            row.ref_features = {b: f[2 * j : 2 * j + 2].clone() for b, f in features.items()}
+            row.ref_features = {b: f[2 * j : 2 * j + 2].clone() for b, f in features.items()}  # own storage
         if state.trace is not None:
             state.record("acc.ref_t", torch.tensor(t[0]))
             for n, block in enumerate(self.networks.blocks):
                 state.record(f"acc.ref_feats.{n:02d}", rows[0].ref_features[block])  # type: ignore[index]
 
     def _reference_features(self, rows: list[Row], t: list[int]) -> Features:
-        """Reference UNet on ``[zeros, person latent]`` per row (CFG's uncond branch zeroes the reference)."""
+        """Reference features ``[uncond, cond]`` per row, interleaved as the generative UNet's batch.
+
+        CFG's uncond branch runs the reference UNet on a zero latent, so its features depend on t alone: they are
+        computed once per distinct timestep of the batch, followed by one row per person latent."""
         nets = self.networks
+        distinct = sorted(set(t))
         ref = torch.cat([row.ref_latent for row in rows])  # type: ignore[misc]
-        ref_in = torch.stack([torch.zeros_like(ref), ref], dim=1).flatten(0, 1).to(nets.dtype)
-        timesteps = torch.tensor(t, device=nets.device).repeat_interleave(2)
+        zeros = torch.zeros((len(distinct), *ref.shape[1:]), device=ref.device)
+        ref_in = torch.cat([zeros, ref]).to(nets.dtype)
+        timesteps = torch.tensor(distinct + t, device=nets.device)
         nets.features.clear()
         with contextlib.suppress(FeaturesComplete):  # the rest of the reference UNet's output is never used
             nets.reference_unet(ref_in, timesteps, encoder_hidden_states=None)
-        features = dict(nets.features)
+        order = [i for j, tj in enumerate(t) for i in (distinct.index(tj), len(distinct) + j)]
+        index = torch.tensor(order, device=nets.device)
+        features = {block: f.index_select(0, index) for block, f in nets.features.items()}
         nets.features.clear()
         return features
 
