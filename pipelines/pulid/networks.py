@@ -59,6 +59,16 @@ def _seeded(seed: int, build):
         return build()
 
 
+@torch.no_grad()
+def strong_identity_(adapter: PuLIDAdapter) -> PuLIDAdapter:
+    """Random ID projections with std 4/sqrt(fan_in): with default init the identity term of random networks
+    is too weak to change a pixel, and tiny end-to-end tests must see mode, references and id_mix act."""
+    for name, param in adapter.named_parameters():
+        if ".id_to_" in name:
+            param.copy_(torch.randn_like(param) * 4 / param.shape[1] ** 0.5)
+    return adapter
+
+
 def load_networks(source: WeightSource, device: str = "cpu", dtype: str = "float32") -> PuLIDNetworks:
     configure_precision(device, dtype)
     if source.kind in ("tiny", "random_full"):
@@ -66,7 +76,7 @@ def load_networks(source: WeightSource, device: str = "cpu", dtype: str = "float
         nets = sdxl.build_sdxl(sdxl.TINY if tiny else sdxl.REAL, source.seed)
         eva = _seeded(source.seed + 1, lambda: eva_mod.build_eva(eva_mod.TINY if tiny else eva_mod.REAL))
         vit_width = TINY_VIT_WIDTH if tiny else eva_mod.REAL["embed_dim"]
-        adapter = _seeded(source.seed + 2, lambda: build_adapter(nets.unet, vit_width))
+        adapter = _seeded(source.seed + 2, lambda: strong_identity_(build_adapter(nets.unet, vit_width)))
         parser: nn.Module = TinyParser(source.seed)
         faces = ReferenceFaces.from_bytes(
             tiny_onnx.scrfd_standin(source.seed), tiny_onnx.arcface_standin(source.seed), device
