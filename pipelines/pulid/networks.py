@@ -73,7 +73,7 @@ def load_networks(source: WeightSource, device: str = "cpu", dtype: str = "float
     configure_precision(device, dtype)
     if source.kind in ("tiny", "random_full"):
         tiny = source.kind == "tiny"
-        nets = sdxl.build_sdxl(sdxl.TINY if tiny else sdxl.REAL, source.seed)
+        nets = sdxl.build_sdxl(sdxl.TINY if tiny else sdxl.REAL, source.seed, torch_dtype(dtype))
         eva = _seeded(source.seed + 1, lambda: eva_mod.build_eva(eva_mod.TINY if tiny else eva_mod.REAL))
         vit_width = TINY_VIT_WIDTH if tiny else eva_mod.REAL["embed_dim"]
         adapter = _seeded(source.seed + 2, lambda: strong_identity_(build_adapter(nets.unet, vit_width)))

@@ -116,14 +116,20 @@ def build_unet(config: dict[str, Any], device: str | torch.device = "cpu") -> UN
         return UNet2DConditionModel.from_config(config)
 
 
-def build_sdxl(config: SDXLConfig, seed: int = 0) -> SDXLNetworks:
-    """Seeded random weights at ``config`` (tiny / random_full), float32 on CPU."""
+def build_sdxl(config: SDXLConfig, seed: int = 0, dtype: torch.dtype = torch.float32) -> SDXLNetworks:
+    """Seeded random weights at ``config`` (tiny / random_full) on CPU: the UNet and text encoders are created
+    in ``dtype`` (a full-size float32 UNet alone is 10 GB of host memory), the VAE in float32."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = build_unet(config.unet)
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            unet = build_unet(config.unet)
+            text = CLIPTextModel(CLIPTextConfig(**config.text_encoder))
+            text_2 = CLIPTextModelWithProjection(CLIPTextConfig(**config.text_encoder_2))
+        finally:
+            torch.set_default_dtype(previous)
         vae = AutoencoderKL.from_config(config.vae)
-        text = CLIPTextModel(CLIPTextConfig(**config.text_encoder))
-        text_2 = CLIPTextModelWithProjection(CLIPTextConfig(**config.text_encoder_2))
     # byte-level symbols for tiny and random_full alike (prompts are padded to 77 tokens either way)
     tokenizer, tokenizer_2 = byte_level_tokenizer(), byte_level_tokenizer(pad_token="!")
     return SDXLNetworks(unet, vae, text, text_2, tokenizer, tokenizer_2, dict(SCHEDULER_BASE))
