@@ -123,3 +123,36 @@ def test_self_attention_processor_matches_original(fixtures: Path) -> None:
     with torch.no_grad():
         out = layer(io["input.hidden_states"], id_cond=None)
     torch.testing.assert_close(out, io["selfattn.output"], atol=TOL, rtol=0)
+
+
+def test_full_adapter_matches_pulid_v1_checkpoint_key_for_key(reference_dir: Path) -> None:
+    """A meta-device SDXL UNet + our adapter: the state dict is pulid_v1.bin's, and index i is the same layer."""
+    from pipelines.pulid.adapter import build_adapter
+    from pipelines.pulid.sdxl import UNET_REAL, build_unet
+
+    manifest = json.loads((reference_dir / "pulid" / "pulid_v1_state_dict_manifest.json").read_text())
+    unet = build_unet(UNET_REAL, "meta")
+    adapter = build_adapter(unet, vit_width=1024, device="meta")
+    ours = {k: list(v.shape) for k, v in adapter.state_dict().items()}
+    assert ours == {k: list(v) for k, v in manifest["tensors"].items()}
+    assert sum(p.numel() for p in adapter.parameters()) == int(manifest["num_params"])
+    index_map = json.loads((reference_dir / "pulid" / "pulid_v1_attn_layer_index_map.json").read_text())
+    names = list(unet.attn_processors)
+    assert len(names) == len(index_map["entries"]) == 140
+    for entry in index_map["entries"]:
+        assert names[entry["index"]] == entry["unet_attn_processor"]
+        if "hidden_size" in entry:
+            assert adapter.id_adapter_attn_layers[entry["index"]].id_to_k.out_features == entry["hidden_size"]
+
+
+def test_eva_matches_the_vendored_checkpoint_key_for_key(reference_dir: Path) -> None:
+    """The vendored ``visual.*`` layout (QuanSun's file) maps onto timm's EVA02-L, every key and shape."""
+    from timm.models.eva import checkpoint_filter_fn
+
+    from pipelines.pulid.eva import REAL, build_eva
+
+    manifest = json.loads((reference_dir / "pulid" / "eva02_clip_l14_336_visual_manifest.json").read_text())
+    model = build_eva(REAL, "meta")
+    state = {k: torch.empty(v, device="meta") for k, v in manifest["tensors"].items()}
+    mapped = checkpoint_filter_fn(state, model)
+    assert {k: list(v.shape) for k, v in mapped.items()} == {k: list(v.shape) for k, v in model.state_dict().items()}
