@@ -64,16 +64,18 @@ class ScrfdLandmarker:
 class RetinaFaceLandmarker:
     """facexlib's RetinaFace-R50 (the original's aligner), run at the image's own size."""
 
-    def __init__(self, state: dict[str, torch.Tensor], device: str) -> None:
+    def __init__(self, state: dict[str, torch.Tensor]) -> None:
         from facexlib.detection.retinaface import RetinaFace  # real weights only; see README (PuLID)
 
-        self.model = RetinaFace(network_name="resnet50", half=False, device=torch.device(device))
+        # facexlib places the model (and its mean) on its own module-level device: CUDA when present
+        self.model = RetinaFace(network_name="resnet50", half=False)
         self.model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()}, strict=True)
-        self.model.eval().to(device)
+        self.model.eval()
 
     @torch.no_grad()
     def detect(self, img_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        found = self.model.detect_faces(img_rgb[..., ::-1].copy(), ALIGN_CONF, ALIGN_NMS, use_origin_size=True)
+        img_bgr = np.ascontiguousarray(img_rgb[..., ::-1])
+        found = self.model.detect_faces(img_bgr, ALIGN_CONF, ALIGN_NMS, use_origin_size=True)
         found = np.asarray(found, dtype=np.float32).reshape(-1, 15)
         return found[:, :4], found[:, 5:15].reshape(-1, 5, 2)
 

@@ -92,7 +92,7 @@ def load_networks(source: WeightSource, device: str = "cpu", dtype: str = "float
         adapter = build_adapter(nets.unet, eva_mod.REAL["embed_dim"], "meta")
         adapter.load_state_dict(_read(locate("pulid")), strict=True, assign=True)
         parser = bisenet(_read(locate("facexlib_bisenet")))
-        landmarker = RetinaFaceLandmarker(_read(locate("facexlib_retinaface")), device)
+        landmarker = RetinaFaceLandmarker(_read(locate("facexlib_retinaface")))
         faces = ReferenceFaces(locate("antelopev2_detector"), locate("antelopev2_arcface"), landmarker, device)
     else:
         raise ValueError(f"unknown weight source kind {source.kind!r}")
