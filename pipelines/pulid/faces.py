@@ -7,8 +7,8 @@
 - BiSeNet face parsing (19 classes) of the aligned face, for the whitening.
 
 When insightface finds no face but the aligner does, ArcFace runs on the 512 crop resized to 112 (as the
-original). When the aligner finds none, the reference is refused. The RetinaFace and BiSeNet networks come
-from the ``facexlib`` package (real weights only); tiny builds use seeded stand-ins with the same interfaces.
+original). When the aligner finds none, the reference is refused. RetinaFace and BiSeNet are our ports of
+facexlib's (``face_nets``); tiny builds use seeded stand-ins with the same interfaces.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from torch import nn
 from pipelines.common.onnx_providers import providers_for
 
 from . import face_prep
+from .face_nets import BiSeNet, RetinaFaceR50
 
 DET_SIZE = (640, 640)
 DET_THRESH = 0.5
@@ -62,29 +63,25 @@ class ScrfdLandmarker:
 
 
 class RetinaFaceLandmarker:
-    """facexlib's RetinaFace-R50 (the original's aligner), run at the image's own size."""
+    """facexlib's RetinaFace-R50 (the original's aligner; our port in ``face_nets``), at the image's own size."""
 
-    def __init__(self, state: dict[str, torch.Tensor]) -> None:
-        from facexlib.detection.retinaface import RetinaFace  # real weights only; see README (PuLID)
+    def __init__(self, model: RetinaFaceR50) -> None:
+        self.model = model.eval()
 
-        # facexlib places the model (and its mean) on its own module-level device: CUDA when present
-        self.model = RetinaFace(network_name="resnet50", half=False)
-        self.model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()}, strict=True)
-        self.model.eval()
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor], device: str = "cpu") -> RetinaFaceLandmarker:
+        model = RetinaFaceR50()
+        model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()}, strict=True)
+        return cls(model.to(device))
 
-    @torch.no_grad()
     def detect(self, img_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        img_bgr = np.ascontiguousarray(img_rgb[..., ::-1])
-        found = self.model.detect_faces(img_bgr, ALIGN_CONF, ALIGN_NMS, use_origin_size=True)
-        found = np.asarray(found, dtype=np.float32).reshape(-1, 15)
+        found = self.model.detect(np.ascontiguousarray(img_rgb[..., ::-1]), ALIGN_CONF, ALIGN_NMS)
         return found[:, :4], found[:, 5:15].reshape(-1, 5, 2)
 
 
-def bisenet(state: dict[str, torch.Tensor]) -> nn.Module:
-    """facexlib's BiSeNet (19 classes); ``forward`` returns a tuple whose first item is the logits."""
-    from facexlib.parsing.bisenet import BiSeNet  # real weights only; see README (PuLID)
-
-    model = BiSeNet(num_class=NUM_PARSING_CLASSES)
+def bisenet(state: dict[str, torch.Tensor]) -> BiSeNet:
+    """facexlib's BiSeNet (19 classes, our port); ``forward`` returns a tuple whose first item is the logits."""
+    model = BiSeNet(NUM_PARSING_CLASSES)
     model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()}, strict=True)
     return model.eval()
 

@@ -3,7 +3,8 @@
 - tiny: the reference fixtures' tiny SDXL configs, a 21-block width-64 EVA, IDEncoder(ctx 64, vit 64), and
   seeded stand-ins for the face models (SCRFD / ArcFace ONNX graphs, SCRFD points in place of RetinaFace, a
   one-conv parser in place of BiSeNet);
-- random_full: the real configs with seeded random weights (benchmarks), the same face stand-ins;
+- random_full: the real configs with seeded random weights (benchmarks), BiSeNet at full size, the ONNX and
+  RetinaFace stand-ins (a random RetinaFace never passes its 0.97 threshold);
 - real: the manifest's files (``weights.locate``), every state dict loaded strictly.
 
 Dtypes as the original runs them: UNet and text encoders in ``dtype`` (float16 on a GPU is the original's),
@@ -24,6 +25,7 @@ from pipelines.contract import WeightSource
 from . import eva as eva_mod
 from . import sdxl, tiny_onnx
 from .adapter import PuLIDAdapter, build_adapter
+from .face_nets import BiSeNet
 from .faces import ReferenceFaces, RetinaFaceLandmarker, TinyParser, bisenet
 
 PIPELINE = "pulid"
@@ -77,7 +79,7 @@ def load_networks(source: WeightSource, device: str = "cpu", dtype: str = "float
         eva = _seeded(source.seed + 1, lambda: eva_mod.build_eva(eva_mod.TINY if tiny else eva_mod.REAL))
         vit_width = TINY_VIT_WIDTH if tiny else eva_mod.REAL["embed_dim"]
         adapter = _seeded(source.seed + 2, lambda: strong_identity_(build_adapter(nets.unet, vit_width)))
-        parser: nn.Module = TinyParser(source.seed)
+        parser: nn.Module = TinyParser(source.seed) if tiny else _seeded(source.seed + 3, BiSeNet)
         faces = ReferenceFaces.from_bytes(
             tiny_onnx.scrfd_standin(source.seed), tiny_onnx.arcface_standin(source.seed), device
         )
@@ -92,7 +94,7 @@ def load_networks(source: WeightSource, device: str = "cpu", dtype: str = "float
         adapter = build_adapter(nets.unet, eva_mod.REAL["embed_dim"], "meta")
         adapter.load_state_dict(_read(locate("pulid")), strict=True, assign=True)
         parser = bisenet(_read(locate("facexlib_bisenet")))
-        landmarker = RetinaFaceLandmarker(_read(locate("facexlib_retinaface")))
+        landmarker = RetinaFaceLandmarker.from_state(_read(locate("facexlib_retinaface")), device)
         faces = ReferenceFaces(locate("antelopev2_detector"), locate("antelopev2_arcface"), landmarker, device)
     else:
         raise ValueError(f"unknown weight source kind {source.kind!r}")
