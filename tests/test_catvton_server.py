@@ -11,6 +11,7 @@ import io
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,8 +98,11 @@ def test_out_of_range_size_is_a_422_naming_the_field(client: fal_client.SyncClie
 
 
 @requires_js_client
-def test_js_client_subscribe(server: LiveServer) -> None:
-    report = run_node_report("subscribe.mjs", [server.url, APP], {"TEST_INPUT": json.dumps(arguments(seed=7))})
-    image = ok(report, "subscribe")["data"]["image"]
+def test_js_client_subscribe(server: LiveServer, tmp_path: Path) -> None:
+    inputs = tmp_path / "inputs.json"
+    inputs.write_text(json.dumps([arguments(seed=7)]))
+    (result,) = run_node_report("subscribe.mjs", [server.url, APP, str(inputs)], {})["results"]
+    assert result["ok"], result
+    image = result["data"]["image"]
     assert (image["width"], image["height"], image["content_type"]) == (96, 128, "image/png")
     assert fetch_bytes(image["url"]).startswith(b"\x89PNG")

@@ -1,8 +1,9 @@
-// One fal.subscribe through the official @fal-ai/client against a live fal-onprem server; prints a JSON report.
-// Usage: TEST_INPUT='{"...": ...}' node subscribe.mjs <base-url> <app>   (README recipe J1, requestMiddleware)
+// Runs inputs through the official @fal-ai/client (fal.subscribe, recipe J1) concurrently; prints one JSON
+// report. Usage: node subscribe.mjs <base-url> <app> <inputs.json (a list of inputs)>
+import { readFileSync } from "node:fs";
 import { fal } from "@fal-ai/client";
 
-const [base, app] = process.argv.slice(2);
+const [base, app, inputsPath] = process.argv.slice(2);
 const hosts = { "queue.fal.run": `${base}/queue`, "fal.run": `${base}/run`, "rest.fal.ai": `${base}/rest` };
 fal.config({
   credentials: "local-dummy",
@@ -12,11 +13,16 @@ fal.config({
   },
 });
 
-const report = {};
-try {
-  const result = await fal.subscribe(app, { input: JSON.parse(process.env.TEST_INPUT), logs: true, pollInterval: 100 });
-  report.subscribe = { ok: true, data: result.data, requestId: result.requestId };
-} catch (e) {
-  report.subscribe = { ok: false, error: String(e?.stack ?? e), body: e?.body };
-}
-console.log(JSON.stringify(report));
+const inputs = JSON.parse(readFileSync(inputsPath, "utf8"));
+const timeout = (ms) => new Promise((_, rej) => setTimeout(() => rej(new Error("timeout")), ms).unref());
+const results = await Promise.all(
+  inputs.map(async (input) => {
+    try {
+      const r = await Promise.race([fal.subscribe(app, { input, pollInterval: 100 }), timeout(240000)]);
+      return { ok: true, data: r.data, requestId: r.requestId };
+    } catch (e) {
+      return { ok: false, error: String(e?.stack ?? e), body: e?.body };
+    }
+  }),
+);
+console.log(JSON.stringify({ results }));
