@@ -160,6 +160,7 @@ class CatVTONPipeline(StepwisePipeline):
     Input = CatVTONInput
     Output = CatVTONOutput
     max_batch: ClassVar[int] = 4
+    gpu_dtype: ClassVar[Dtype] = "bfloat16"  # as the original runs
     max_wait_ms: ClassVar[int] = 50
 
     def __init__(self, networks: CatVTONNetworks, masker: AutoMasker) -> None:

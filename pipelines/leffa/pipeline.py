@@ -101,6 +101,7 @@ class LeffaPoseTransferPipeline(StepwisePipeline):
     Input = LeffaPoseTransferInput
     Output = LeffaPoseTransferOutput
     max_batch: ClassVar[int] = 4
+    gpu_dtype: ClassVar[Dtype] = "float16"  # as the original runs
     max_wait_ms: ClassVar[int] = 50
 
     def __init__(self, networks: LeffaNetworks, densepose: DensePose, safety: SafetyChecker,

@@ -116,6 +116,7 @@ class PuLIDPipeline(StepwisePipeline):
     Input = PuLIDInput
     Output = PuLIDOutput
     max_batch: ClassVar[int] = 4
+    gpu_dtype: ClassVar[Dtype] = "float16"  # UNet and text encoders, as the original
     max_wait_ms: ClassVar[int] = 20
 
     def __init__(self, nets: PuLIDNetworks, settings: PuLIDSettings | None = None) -> None:
