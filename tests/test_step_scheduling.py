@@ -232,3 +232,25 @@ def test_memory_budget_that_fits_one_pipeline_serves_both(harness: Harness) -> N
     assert "fal_onprem_pipeline_resident{" in text and "fal_onprem_pipeline_memory_bytes{" in text
     assert f'fal_onprem_rows_per_step_count{{endpoint="{TWIN}"}}' in text
     assert f'fal_onprem_admission_wait_seconds_count{{endpoint="{ENDPOINT}"}} 2.0' in text
+
+
+def test_a_stopping_worker_finishes_its_rows_and_gives_back_the_jobs_it_had_not_started(harness: Harness) -> None:
+    h = harness
+    running = h.submit(seed=1, num_inference_steps=3)
+    h.start()
+    h.steps_started(1)
+    claimed = h.submit(seed=2, num_inference_steps=3)
+    h.release()
+    h.steps_started(2)
+    loop = h.worker.step_loop
+    assert loop is not None
+    wait_until(lambda: [w.job.id for w in loop.waiting] == [claimed.id], "second job claimed")
+    h.worker.stop()
+    h.release(100)
+    assert h.thread is not None
+    h.thread.join(30)
+    assert not h.thread.is_alive()
+    (done,) = h.wait_done(running)
+    assert images(done)
+    back = h.job(claimed)
+    assert back.status == "IN_QUEUE" and back.attempts == 0 and back.worker_id is None

@@ -87,7 +87,7 @@ class StepLoop:
             while True:
                 self._admit()
                 if not self.members:
-                    if not self.waiting:
+                    if not self.waiting or self.worker.stop_event.is_set():
                         return
                     wait([w.prepared for w in self.waiting], return_when=FIRST_COMPLETED)
                     continue
