@@ -25,6 +25,7 @@ def test_default_budget_keeps_a_margin_and_is_unlimited_without_a_device() -> No
 
 def test_least_recently_used_pipelines_are_evicted_first_and_never_the_one_loading() -> None:
     r = Residency(budget=100)
+    r.add("nothing", 0)
     r.add("a", 40)
     r.add("b", 40)
     assert r.activation_room() == 20 and r.fits(20) and not r.fits(21)

@@ -7,12 +7,15 @@ depending on timing.
 
 from __future__ import annotations
 
+import base64
+import io
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image as PILImage
 
 from pipelines import registry
 from server import jobs
@@ -22,9 +25,15 @@ from server.store import Job
 from server.worker.runner import Worker
 from tests.support.steps_pipeline import StepsPipeline
 
-MODULES = "tests.support.steps_pipeline,tests.support.steps_pipeline_twin"
+MODULES = "tests.support.steps_pipeline,tests.support.steps_pipeline_twin,tests.support.echo_pipeline"
 ENDPOINT = "test/steps"
 TWIN = "test/steps-twin"
+
+
+def png_bytes() -> bytes:
+    buf = io.BytesIO()
+    PILImage.new("RGB", (8, 8), (10, 20, 30)).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
@@ -212,7 +221,7 @@ def test_memory_budget_that_fits_one_pipeline_serves_both(harness: Harness) -> N
     h.worker = Worker(h.settings, worker_id="w1")
     h.store = h.worker.store
     h.worker.load_pipelines()
-    assert [e for e, lo in h.worker.loaded.items() if lo.resident] == [ENDPOINT]
+    assert [e for e in (ENDPOINT, TWIN) if h.worker.loaded[e].resident] == [ENDPOINT]
     assert h.worker.states[TWIN][0] == "standby"
     subs = [h.submit(endpoint, seed=i, num_inference_steps=2) for i, endpoint in enumerate([ENDPOINT, TWIN] * 2)]
     h.thread = threading.Thread(target=h.worker.serve_forever, daemon=True)
@@ -223,7 +232,7 @@ def test_memory_budget_that_fits_one_pipeline_serves_both(harness: Harness) -> N
     assert any(m.startswith(f"Waiting for {TWIN} to load on cpu, evicting {ENDPOINT}") for m in twin_logs), twin_logs
     h.stop()
     h.thread = None
-    assert sum(lo.resident for lo in h.worker.loaded.values()) == 1  # never both at once
+    assert sum(h.worker.loaded[e].resident for e in (ENDPOINT, TWIN)) == 1  # never both at once
 
     text = render_metrics(h.store)[0].decode()
     assert f'fal_onprem_pipeline_evictions_total{{endpoint="{ENDPOINT}",worker="w1"}}' in text
@@ -254,3 +263,18 @@ def test_a_stopping_worker_finishes_its_rows_and_gives_back_the_jobs_it_had_not_
     assert images(done)
     back = h.job(claimed)
     assert back.status == "IN_QUEUE" and back.attempts == 0 and back.worker_id is None
+
+
+def test_a_busy_worker_claims_its_next_one_shot_batch_early_only_when_a_full_batch_is_queued(harness: Harness) -> None:
+    """Otherwise the jobs stay queued for idle workers (other GPUs) until this worker's batch boundary."""
+    h = harness
+    h.worker.load_pipelines()
+    image = "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
+    few = [h.submit("test/echo", image_url=image, seed=i) for i in range(3)]
+    assert h.worker._prefetch() is None
+    assert all(h.job(j).status == "IN_QUEUE" for j in few)
+    many = few + [h.submit("test/echo", image_url=image, seed=i) for i in range(3, 10)]
+    batch = h.worker._prefetch()
+    assert batch is not None and [j.id for j in batch.jobs] == [j.id for j in many[:8]]
+    h.worker.release([j.id for j in batch.jobs])
+    assert all(h.job(j).status == "IN_QUEUE" and h.job(j).attempts == 0 for j in many)

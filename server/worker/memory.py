@@ -80,7 +80,7 @@ class Residency:
         for endpoint, nbytes in self._resident.items():
             if used + need <= self.budget:
                 break
-            if endpoint != keep:
+            if endpoint != keep and nbytes > 0:  # evicting what holds nothing frees nothing
                 out.append(endpoint)
                 used -= nbytes
         return out
