@@ -278,3 +278,18 @@ def test_a_busy_worker_claims_its_next_one_shot_batch_early_only_when_a_full_bat
     assert batch is not None and [j.id for j in batch.jobs] == [j.id for j in many[:8]]
     h.worker.release([j.id for j in batch.jobs])
     assert all(h.job(j).status == "IN_QUEUE" and h.job(j).attempts == 0 for j in many)
+
+
+def test_a_running_batch_stops_admitting_when_other_jobs_have_waited_longer(harness: Harness) -> None:
+    """Jobs of another shape (same endpoint) or another endpoint at the head of the queue are not starved
+    by a batch that keeps admitting: it drains, and they run next in arrival order."""
+    h = harness
+    h.submit(seed=1, num_inference_steps=2)
+    h.start()
+    h.steps_started(1)
+    other_shape = h.submit(seed=2, num_inference_steps=2, image_size={"width": 16, "height": 8})
+    same_shape = h.submit(seed=3, num_inference_steps=2)
+    other_endpoint = h.submit(TWIN, seed=4, num_inference_steps=2)
+    h.release(100)
+    h.wait_done(other_shape, same_shape, other_endpoint)
+    assert StepsPipeline.step_log == [[1], [1], [2], [2], [3], [3], [4], [4]]
