@@ -293,3 +293,25 @@ def test_a_running_batch_stops_admitting_when_other_jobs_have_waited_longer(harn
     h.release(100)
     h.wait_done(other_shape, same_shape, other_endpoint)
     assert StepsPipeline.step_log == [[1], [1], [2], [2], [3], [3], [4], [4]]
+
+
+def test_a_one_shot_batch_is_cut_to_the_activation_memory_left(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.support.echo_pipeline import EchoPipeline
+
+    h = harness
+    monkeypatch.setattr(EchoPipeline, "row_bytes", lambda self, inp: 1000, raising=False)
+    h.settings.pipelines["test/echo"] = PipelineSettings(max_wait_ms=0)
+    h.settings.gpu_memory_budget = str(StepsPipeline.RESIDENT_BYTES + 3500)  # test/steps + 3 echo rows
+    h.worker = Worker(h.settings, worker_id="w1")
+    h.store = h.worker.store
+    h.worker.load_pipelines()
+    assert h.worker.residency.activation_room() == 3500
+    image = "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
+    subs = [h.submit("test/echo", image_url=image, seed=i) for i in range(5)]
+    batch = h.worker.claim_next()
+    assert batch is not None and [j.id for j in batch.jobs] == [j.id for j in subs[:3]]
+    assert [h.job(j).status for j in subs[3:]] == ["IN_QUEUE", "IN_QUEUE"]
+    h.worker.run_batch(batch)
+    assert all(h.job(j).status == "COMPLETED" and h.job(j).error is None for j in subs[:3])

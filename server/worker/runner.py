@@ -306,13 +306,31 @@ class Worker:
         for loaded in candidates:
             if not self._make_resident(loaded):
                 continue
-            jobs = self._claim(loaded, loaded.max_batch)
+            jobs = self._within_memory(loaded, self._claim(loaded, loaded.max_batch))
             if jobs:
                 pipe = loaded.pipeline
                 assert pipe is not None
                 prepared = list(self._prepare_pool.map(lambda j, p=pipe: self._prepare(p, j), jobs))
                 return ClaimedBatch(loaded, jobs, prepared)
         return None
+
+    def _within_memory(self, loaded: Loaded, jobs: list[Job]) -> list[Job]:
+        """The longest head of a claimed one-shot batch whose rows fit the activation memory (at least one
+        job); the rest go back to the queue. Stepwise batches admit against it at every step instead."""
+        room = self.residency.activation_room()
+        pipe = loaded.pipeline
+        if room is None or pipe is None or loaded.stepwise or len(jobs) < 2:
+            return jobs
+        used = 0
+        for n, job in enumerate(jobs):
+            try:
+                used += pipe.row_bytes(pipe.Input.model_validate(job.input))
+            except ValidationError:
+                continue  # fails at prepare, costs nothing
+            if n and used > room:
+                self.release([j.id for j in jobs[n:]])
+                return jobs[:n]
+        return jobs
 
     def _prefetch(self) -> ClaimedBatch | None:
         """At a batch boundary: claim the next batch now, to prepare it while this one runs, only when the
