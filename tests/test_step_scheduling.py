@@ -315,3 +315,30 @@ def test_a_one_shot_batch_is_cut_to_the_activation_memory_left(
     assert [h.job(j).status for j in subs[3:]] == ["IN_QUEUE", "IN_QUEUE"]
     h.worker.run_batch(batch)
     assert all(h.job(j).status == "COMPLETED" and h.job(j).error is None for j in subs[:3])
+
+
+def test_out_of_memory_while_loading_evicts_the_others_and_retries(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sizes may be unknown (no budget math helps): the device's own out-of-memory error makes room."""
+    from tests.support.steps_pipeline_twin import StepsTwinPipeline
+
+    h = harness
+    StepsPipeline.gate = None
+    h.worker.load_pipelines()
+    twin = h.worker.loaded[TWIN]
+    h.worker._evict(twin)  # as if it had not fitted
+    real_load = StepsTwinPipeline.load.__func__  # type: ignore[attr-defined]
+
+    def load_once_oom(cls: type, *args: object) -> object:
+        if h.worker.loaded[ENDPOINT].resident:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_load(cls, *args)
+
+    monkeypatch.setattr(StepsTwinPipeline, "load", classmethod(load_once_oom))
+    job = h.submit(TWIN, seed=5, num_inference_steps=1)
+    h.thread = threading.Thread(target=h.worker.serve_forever, daemon=True)
+    h.thread.start()
+    (done,) = h.wait_done(job)
+    assert done.error is None
+    assert h.worker.loaded[TWIN].resident and not h.worker.loaded[ENDPOINT].resident

@@ -183,8 +183,9 @@ class Worker:
         torch.cuda.synchronize(self.device)
         return torch.cuda.memory_allocated(self.device)
 
-    def _load(self, loaded: Loaded) -> bool:
-        """Load (or move back from CPU RAM) one pipeline onto the device; False when it failed."""
+    def _load(self, loaded: Loaded, retry_after_evicting_all: bool = False) -> bool:
+        """Load (or move back from CPU RAM) one pipeline onto the device; False when it failed. Out of device
+        memory (sizes were unknown or estimated low), it may evict every other pipeline and try once more."""
         assert loaded.cls is not None
         self._report(loaded.endpoint, "loading")
         started, before = time.monotonic(), self._device_allocated()
@@ -194,7 +195,13 @@ class Worker:
             else:
                 loaded.pipeline = loaded.cls.load(self.weight_source(), self.device, loaded.dtype)  # type: ignore[arg-type]
         except Exception as exc:
-            loaded.pipeline = None
+            others = [e for e, lo in self.loaded.items() if lo.resident and self.residency.bytes_of(e) > 0]
+            if retry_after_evicting_all and others and "out of memory" in str(exc).lower():
+                log.warning("%s: out of device memory while loading; evicting %s", loaded.endpoint, ", ".join(others))
+                for endpoint in others:
+                    self._evict(self.loaded[endpoint])
+                return self._load(loaded)
+            loaded.pipeline = None  # a half-moved pipeline is not trusted: the next try loads it afresh
             self._failed(loaded.endpoint, exc)
             return False
         after = self._device_allocated()
@@ -249,7 +256,7 @@ class Worker:
         log.info("%s", message)
         for endpoint in victims:
             self._evict(self.loaded[endpoint])
-        return self._load(loaded)
+        return self._load(loaded, retry_after_evicting_all=True)
 
     def _failed(self, endpoint: str, exc: BaseException) -> None:
         reason = str(exc) or type(exc).__name__
