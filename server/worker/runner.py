@@ -455,7 +455,10 @@ class Worker:
         if started is not None and time.monotonic() - started > self.settings.max_batch_run_s:
             # A hung pipeline (or CUDA call) would keep its jobs' leases fresh forever: exit instead, so
             # the leases lapse, the jobs are re-queued once (then failed), and the supervisor restarts us.
-            log.error("a batch has run for more than %.0f s: exiting the worker", self.settings.max_batch_run_s)
+            log.error(
+                "a batch (or one denoising step) has run for more than %.0f s: exiting the worker",
+                self.settings.max_batch_run_s,
+            )
             os._exit(75)
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
             log.warning("the serve process %d is gone: stopping", self.parent_pid)
