@@ -167,6 +167,17 @@ class Pipeline:
         """Peak activation memory one batch row of this input adds while it runs; 0 when unknown."""
         return 0
 
+    @classmethod
+    def expected_resident_bytes(cls, source: WeightSource, dtype: Dtype = "float32") -> int:
+        """``resident_bytes`` before loading (e.g. the manifest's sizes at ``dtype``), so the worker can make
+        room first; 0 when unknown (the worker then measures after loading)."""
+        return 0
+
+    def move_to(self, device: str) -> None:
+        """Move the weights to ``device`` ("cpu" when evicted, the worker's device when needed again).
+        Raise NotImplementedError when the pipeline cannot: the worker then unloads it instead."""
+        raise NotImplementedError
+
 
 Result = BaseModel | ItemError
 State = Any
