@@ -19,7 +19,7 @@ from PIL import Image
 
 fal_client = pytest.importorskip("fal_client")
 
-from tests.support.js import ok, requires_js_client, run_node_report  # noqa: E402
+from tests.support.js import requires_js_client, run_node_report  # noqa: E402
 from tests.support.live_server import LiveServer  # noqa: E402
 from tests.support.server_fixtures import fetch_bytes, python_client  # noqa: E402
 
