@@ -11,14 +11,19 @@ absmax; the uint8 image differs by at most 1 level on at most 0.1 % of the value
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from pipelines.contract import WeightSource
+from pipelines.leffa.attention import FeaturesComplete
+from pipelines.leffa.networks import load_networks
 from pipelines.leffa.schema import LeffaPoseTransferInput
 from tests.support.fake_ctx import FakeContext
-from tests.support.leffa import FIXTURES, fixture_image, golden_pipeline
+from tests.support.leffa import FIXTURES, fixture_image, golden_pipeline, split_fixture_checkpoint
 
 STEPS = 3
 
@@ -93,3 +98,20 @@ def test_every_stage_matches_the_golden(reference_dir, golden, tmp_path, acceler
     image_close(trace["out.image_u8"][0], golden[f"{p}out.image_u8"].reshape(256, 192, 3))
     assert results[0].image.width == 192 and results[0].image.height == 256
     assert results[0].seed == 1234 and results[0].has_nsfw_concepts is False
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_teacher_forced_step(reference_dir, golden, tmp_path, dtype):
+    """The networks in half precision on the golden step-0 inputs: noise predictions within 3 % of their range
+    (fixtures/README.md §4 suggests rtol of a few 1e-2 for fp16/bf16 builds)."""
+    checkpoint = split_fixture_checkpoint(reference_dir, tmp_path)
+    nets = load_networks(WeightSource.tiny(), dtype=dtype, checkpoint_dir=checkpoint)
+    t = golden["step0.t"].reshape(1).repeat(2)
+    with torch.inference_mode():
+        with contextlib.suppress(FeaturesComplete):  # records the reference features
+            nets.reference_unet(golden["lat.ref_latent_cfg"].to(dtype), t, encoder_hidden_states=None)
+        eps = nets.unet(golden["step0.unet_in"].to(dtype), t, encoder_hidden_states=None).sample.float()
+    nets.features.clear()
+    for ours, name in [(eps[:1], "step0.eps_uncond"), (eps[1:], "step0.eps_cond")]:
+        ref = golden[name]
+        close(ours, ref, name, 0.03 * (ref.max() - ref.min()).item())
