@@ -354,11 +354,12 @@ class PuLIDPipeline(StepwisePipeline):
     # ---------------------------------------------------------------- memory budget (ARCHITECTURE.md §4.2)
 
     def resident_bytes(self) -> int:
-        total = self.cache.nbytes()
+        """Weights (each tensor once: the ID processors live in both the UNet and the adapter) and the cache."""
+        seen: dict[int, int] = {}
         for module in self.nets.torch_modules():
-            total += sum(t.numel() * t.element_size() for t in module.parameters())
-            total += sum(t.numel() * t.element_size() for t in module.buffers())
-        return total
+            for t in (*module.parameters(), *module.buffers()):
+                seen[t.data_ptr()] = t.numel() * t.element_size()
+        return sum(seen.values()) + self.cache.nbytes()
 
     def row_bytes(self, inp: BaseModel) -> int:
         """Estimated (not measured): UNet activations per image (x2 with CFG) plus one fp32 VAE decode."""
