@@ -58,6 +58,7 @@ from .sdxl import encode_prompt, make_scheduler
 
 LATENT_FACTOR = 8
 NO_FACE_MESSAGE = "No face detected in the reference image."
+PROMPT_CACHE_SIZE = 32
 MODE_NAMES = {"fidelity": "fidelity", "extreme style": "extreme style"}
 
 
@@ -124,6 +125,7 @@ class PuLIDPipeline(StepwisePipeline):
         self.cache = IdTokenCache(self.settings.cache_size)
         self.image_processor = VaeImageProcessor(vae_scale_factor=LATENT_FACTOR)
         self._uncond: torch.Tensor | None = None
+        self._prompts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # insertion order = LRU order
 
     @classmethod
     def load(cls, source: WeightSource, device: str = "cpu", dtype: Dtype = "float32") -> PuLIDPipeline:
@@ -181,10 +183,17 @@ class PuLIDPipeline(StepwisePipeline):
 
     def prompt_conditions(self, inp: PuLIDInput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(negative embeds, negative pooled, positive embeds, positive pooled)."""
-        sdxl = self.nets.sdxl
-        neg, neg_pooled = encode_prompt(sdxl, inp.negative_prompt)
-        pos, pos_pooled = encode_prompt(sdxl, inp.prompt)
-        return neg, neg_pooled, pos, pos_pooled
+        return (*self._encode(inp.negative_prompt), *self._encode(inp.prompt))
+
+    def _encode(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """SDXL prompt encoding, remembered for the last prompts (the default negative prompt above all)."""
+        cached = self._prompts.pop(prompt, None)
+        if cached is None:
+            cached = encode_prompt(self.nets.sdxl, prompt)
+        self._prompts[prompt] = cached
+        while len(self._prompts) > PROMPT_CACHE_SIZE:
+            self._prompts.pop(next(iter(self._prompts)))
+        return cached
 
     def start_item(
         self,
