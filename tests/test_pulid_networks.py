@@ -4,6 +4,8 @@ processors in every mode, including the guidance 1.0 folding quirk. Tolerances f
 from __future__ import annotations
 
 import json
+import math
+import zlib
 from pathlib import Path
 
 import pytest
@@ -156,3 +158,38 @@ def test_eva_matches_the_vendored_checkpoint_key_for_key(reference_dir: Path) ->
     state = {k: torch.empty(v, device="meta") for k, v in manifest["tensors"].items()}
     mapped = checkpoint_filter_fn(state, model)
     assert {k: list(v.shape) for k, v in mapped.items()} == {k: list(v.shape) for k, v in model.state_dict().items()}
+
+
+def seeded_tensor(seed: int, key: str, shape: list[int], kind: str) -> torch.Tensor:
+    """The fixtures' recipe: one generator per tensor seeded with seed * 1000003 + crc32(key)."""
+    gen = torch.Generator().manual_seed(seed * 1000003 + zlib.crc32(key.encode()))
+    t = torch.randn(shape, generator=gen)
+    if kind == "weight":
+        return t / math.sqrt(math.prod(shape[1:]))
+    return 1 + 0.1 * t if kind == "norm" else 0.05 * t
+
+
+@torch.no_grad()
+def test_idencoder_full_size_seeded_matches_original(fixtures: Path) -> None:
+    meta = json.loads((fixtures / "idencoder.json").read_text())["full_seeded"]
+    io = load_file(fixtures / "idencoder_full_seeded.io.safetensors")
+    state = {k: seeded_tensor(606, k, shape, kind) for k, (shape, kind) in meta["weights_shape_kind"].items()}
+    for key, (total, total_abs, first) in meta["weights_checksums_sum_abs_first"].items():
+        t = state[key].double()
+        assert (
+            abs(t.sum().item() - total) < 1e-3 * max(1.0, abs(total_abs)) and abs(t.flatten()[0].item() - first) < 1e-6
+        )
+    enc = IDEncoder().eval()
+    enc.load_state_dict(state, strict=True)
+    gen = torch.Generator().manual_seed(12)
+    arc = torch.randn(1, 512, generator=gen)
+    cls = torch.randn(1, 768, generator=gen)
+    cls = cls / cls.norm(dim=1, keepdim=True)
+    hidden = [torch.randn(1, 577, 1024, generator=gen) for _ in range(5)]
+    id_cond = torch.cat([arc, cls], dim=-1)
+    torch.testing.assert_close(id_cond, io["check.input.id_cond"].reshape(id_cond.shape), atol=1e-6, rtol=0)
+    torch.testing.assert_close(hidden[0][:, :2], io["check.input.hidden_0_first_row"], atol=1e-6, rtol=0)
+    cond = enc(id_cond, hidden)
+    uncond = enc(torch.zeros_like(id_cond), [torch.zeros_like(h) for h in hidden])
+    torch.testing.assert_close(cond, io["output.cond_tokens"], atol=TOL, rtol=0)
+    torch.testing.assert_close(uncond, io["output.uncond_tokens"], atol=TOL, rtol=0)

@@ -209,3 +209,12 @@ def test_split_unet_batches_give_the_same_images(fixtures: Path, io) -> None:
         start(pipe, state, 0, case, io)
         outs.append(run_to_end(pipe, state, FakeContext())[0])
     same_images(*outs)
+
+
+def test_memory_hooks(pipe: PuLIDPipeline) -> None:
+    weights = {id(p): p.numel() * 4 for m in pipe.nets.torch_modules() for p in m.parameters()}
+    assert pipe.resident_bytes() >= sum(weights.values())  # every parameter once (the processors are shared)
+    assert pipe.resident_bytes() < sum(weights.values()) * 1.1
+    small = PuLIDInput(reference_images=[{"image_url": FACE_URL}], prompt="p", image_size="square")
+    assert 0 < pipe.row_bytes(small) < pipe.row_bytes(small.model_copy(update={"num_images": 4}))
+    assert pipe.row_bytes(small) < pipe.row_bytes(small.model_copy(update={"image_size": "square_hd"}))

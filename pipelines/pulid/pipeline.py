@@ -58,6 +58,7 @@ from .sdxl import encode_prompt, make_scheduler
 
 LATENT_FACTOR = 8
 NO_FACE_MESSAGE = "No face detected in the reference image."
+PROMPT_CACHE_SIZE = 32
 MODE_NAMES = {"fidelity": "fidelity", "extreme style": "extreme style"}
 
 
@@ -125,6 +126,7 @@ class PuLIDPipeline(StepwisePipeline):
         self.cache = IdTokenCache(self.settings.cache_size)
         self.image_processor = VaeImageProcessor(vae_scale_factor=LATENT_FACTOR)
         self._uncond: torch.Tensor | None = None
+        self._prompts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # insertion order = LRU order
 
     @classmethod
     def load(cls, source: WeightSource, device: str = "cpu", dtype: Dtype = "float32") -> PuLIDPipeline:
@@ -182,10 +184,17 @@ class PuLIDPipeline(StepwisePipeline):
 
     def prompt_conditions(self, inp: PuLIDInput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(negative embeds, negative pooled, positive embeds, positive pooled)."""
-        sdxl = self.nets.sdxl
-        neg, neg_pooled = encode_prompt(sdxl, inp.negative_prompt)
-        pos, pos_pooled = encode_prompt(sdxl, inp.prompt)
-        return neg, neg_pooled, pos, pos_pooled
+        return (*self._encode(inp.negative_prompt), *self._encode(inp.prompt))
+
+    def _encode(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """SDXL prompt encoding, remembered for the last prompts (the default negative prompt above all)."""
+        cached = self._prompts.pop(prompt, None)
+        if cached is None:
+            cached = encode_prompt(self.nets.sdxl, prompt)
+        self._prompts[prompt] = cached
+        while len(self._prompts) > PROMPT_CACHE_SIZE:
+            self._prompts.pop(next(iter(self._prompts)))
+        return cached
 
     def start_item(
         self,
@@ -355,11 +364,12 @@ class PuLIDPipeline(StepwisePipeline):
     # ---------------------------------------------------------------- memory budget (ARCHITECTURE.md §4.2)
 
     def resident_bytes(self) -> int:
-        total = self.cache.nbytes()
+        """Weights (each tensor once: the ID processors live in both the UNet and the adapter) and the cache."""
+        seen: dict[int, int] = {}
         for module in self.nets.torch_modules():
-            total += sum(t.numel() * t.element_size() for t in module.parameters())
-            total += sum(t.numel() * t.element_size() for t in module.buffers())
-        return total
+            for t in (*module.parameters(), *module.buffers()):
+                seen[t.data_ptr()] = t.numel() * t.element_size()
+        return sum(seen.values()) + self.cache.nbytes()
 
     def row_bytes(self, inp: BaseModel) -> int:
         """Estimated (not measured): UNet activations per image (x2 with CFG) plus one fp32 VAE decode."""

@@ -137,7 +137,8 @@ def build_sdxl(config: SDXLConfig, seed: int = 0, dtype: torch.dtype = torch.flo
 
 def load_sdxl(weights_dir: Path | None) -> SDXLNetworks:
     """The real files of the manifest: SDXL-base configs, text encoders, tokenizers and VAE (fp16 variant),
-    the Lightning UNet loaded strictly into SDXL's UNet config. float32 on CPU; ``to_device`` casts."""
+    the Lightning UNet loaded strictly into SDXL's UNet config. UNet and text encoders stay in the files'
+    float16 on the host (``networks.place`` casts them to the serving dtype), the VAE is float32."""
     from safetensors.torch import load_file
 
     def locate(key: str) -> Path:
@@ -146,14 +147,14 @@ def load_sdxl(weights_dir: Path | None) -> SDXLNetworks:
     unet = build_unet(json.loads(locate("unet_config").read_text()), "meta")
     unet.load_state_dict(load_file(str(locate("unet"))), strict=True, assign=True)
     vae = AutoencoderKL.from_pretrained(locate("vae").parent, variant="fp16", torch_dtype=torch.float32)
-    text = CLIPTextModel.from_pretrained(locate("text_encoder").parent, variant="fp16", torch_dtype=torch.float32)
+    text = CLIPTextModel.from_pretrained(locate("text_encoder").parent, variant="fp16", dtype=torch.float16)
     text_2 = CLIPTextModelWithProjection.from_pretrained(
-        locate("text_encoder_2").parent, variant="fp16", torch_dtype=torch.float32
+        locate("text_encoder_2").parent, variant="fp16", dtype=torch.float16
     )
     tokenizer = CLIPTokenizer.from_pretrained(locate("tokenizer_vocab").parent)
     tokenizer_2 = CLIPTokenizer.from_pretrained(locate("tokenizer_2_vocab").parent)
     scheduler_config = json.loads(locate("scheduler_config").read_text())
-    return SDXLNetworks(unet.float(), vae, text, text_2, tokenizer, tokenizer_2, scheduler_config)
+    return SDXLNetworks(unet, vae, text, text_2, tokenizer, tokenizer_2, scheduler_config)
 
 
 @torch.no_grad()
