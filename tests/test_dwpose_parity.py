@@ -12,6 +12,8 @@ import json
 import numpy as np
 import pytest
 
+from tests.support.reference import missing_reference
+
 pytest.importorskip("onnxruntime")
 cv2 = pytest.importorskip("cv2")
 
@@ -24,7 +26,7 @@ pytestmark = pytest.mark.reference
 def dw_dir(reference_dir):
     path = reference_dir / "dwpose"
     if not (path / "postprocess_golden.safetensors").is_file():
-        pytest.skip(f"DWPose golden not found in {path}")
+        missing_reference(f"DWPose golden not found in {path}")
     return path
 
 
