@@ -18,6 +18,7 @@ pytest.importorskip("onnxruntime")
 cv2 = pytest.importorskip("cv2")
 
 from pipelines.dwpose import detector, draw, pose, preprocess  # noqa: E402
+from pipelines.dwpose.runtime import OnnxModel  # noqa: E402
 
 pytestmark = pytest.mark.reference
 
@@ -63,10 +64,8 @@ def test_s2_letterbox(golden):
 
 
 def test_s2_standin_detector_output(golden, dw_dir):
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(dw_dir / "tiny_standin_yolox_l.onnx"), providers=["CPUExecutionProvider"])
-    out = session.run(None, {session.get_inputs()[0].name: golden["s2.det_input_as_uint8"].astype(np.float32)})
+    model = OnnxModel(dw_dir / "tiny_standin_yolox_l.onnx")  # the runtime the pipeline serves with
+    out = model(golden["s2.det_input_as_uint8"].astype(np.float32))
     np.testing.assert_allclose(out[0], golden["s2.det_raw_output"], atol=1e-4)
 
 
@@ -106,11 +105,8 @@ def test_s4_crops(golden):
 
 
 def test_s4_standin_pose_output(golden, dw_dir):
-    import onnxruntime as ort
-
-    path = dw_dir / "tiny_standin_dw-ll_ucoco_384.onnx"
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    simcc_x, simcc_y = session.run(None, {session.get_inputs()[0].name: golden["s4.pose_input_f32"]})
+    model = OnnxModel(dw_dir / "tiny_standin_dw-ll_ucoco_384.onnx")
+    simcc_x, simcc_y = model(golden["s4.pose_input_f32"])
     np.testing.assert_allclose(simcc_x, golden["s4.simcc_x"], atol=1e-4)
     np.testing.assert_allclose(simcc_y, golden["s4.simcc_y"], atol=1e-4)
 
