@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 
-from tests.support.live_server import LiveServer
-from tests.support.server_fixtures import fetch_bytes, png_data_uri, wait_completed, wait_status
+from tests.support.live_server import ECHO_MODULE, REPO, LiveServer
+from tests.support.server_fixtures import fetch_bytes, png_data_uri, wait_completed
 
 APP = "test/echo"
 N = 6
@@ -25,28 +28,43 @@ def image_digest(result: dict) -> str:
     return hashlib.sha256(fetch_bytes(result["image"]["url"])).hexdigest()
 
 
-def test_jobs_submitted_together_share_one_batch_and_match_single_runs(live_server: LiveServer) -> None:
-    # Occupy the worker so the N jobs are all queued when it next claims (other batch key).
-    blocker = submit(live_server, {"image_url": png_data_uri(), "steps": 10, "step_ms": 100})
-    wait_status(blocker["status_url"], "IN_PROGRESS")
-    inputs = [{"image_url": png_data_uri((20 * i, 40, 90)), "seed": 100 + i} for i in range(N)]
-    subs = [submit(live_server, body) for body in inputs]
-    wait_completed(blocker["status_url"])
+def start_worker(server: LiveServer) -> subprocess.Popen[bytes]:
+    """``fal-onprem worker`` attached to the server's job store (as a worker on another GPU would be)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "FAL_ONPREM_PIPELINE_MODULES": ECHO_MODULE}
+    cmd = [sys.executable, "-m", "server.cli", "worker", "--tiny", "--device", "cpu",
+           "--data-dir", str(server.data_dir)]  # fmt: skip
+    log = (server.data_dir / "worker.log").open("ab")
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 
-    batched = []
-    for sub in subs:
-        status = wait_completed(sub["status_url"])
-        assert status["metrics"]["batch_size"] == N, status
-        batched.append(httpx.get(sub["response_url"], timeout=10).json())
 
-    for body, together in zip(inputs, batched, strict=True):
-        alone_sub = submit(live_server, body)
-        status = wait_completed(alone_sub["status_url"])
-        assert status["metrics"]["batch_size"] == 1
-        alone = httpx.get(alone_sub["response_url"], timeout=10).json()
-        assert together["seed"] == alone["seed"] == body["seed"]
-        assert together["batch_size"] == N and alone["batch_size"] == 1
-        assert image_digest(together) == image_digest(alone)
+def test_jobs_submitted_together_share_one_batch_and_match_single_runs(tmp_path: Path) -> None:
+    # No worker while the N jobs are submitted: when one starts, all N are queued and it claims them at once.
+    server = LiveServer(tmp_path, extra_args=["--no-worker"], wait_for=())
+    server.start()
+    worker = None
+    try:
+        inputs = [{"image_url": png_data_uri((20 * i, 40, 90)), "seed": 100 + i} for i in range(N)]
+        subs = [submit(server, body) for body in inputs]
+        worker = start_worker(server)
+        batched = []
+        for sub in subs:
+            status = wait_completed(sub["status_url"], timeout=180)
+            assert status["metrics"]["batch_size"] == N, status
+            batched.append(httpx.get(sub["response_url"], timeout=10).json())
+
+        for body, together in zip(inputs, batched, strict=True):
+            alone_sub = submit(server, body)  # the worker is idle and nothing else is queued: a batch of one
+            status = wait_completed(alone_sub["status_url"])
+            assert status["metrics"]["batch_size"] == 1
+            alone = httpx.get(alone_sub["response_url"], timeout=10).json()
+            assert together["seed"] == alone["seed"] == body["seed"]
+            assert together["batch_size"] == N and alone["batch_size"] == 1
+            assert image_digest(together) == image_digest(alone)
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=30)
+        server.stop()
 
 
 def test_metrics_endpoint_reports_queue_and_outcomes(tmp_path: Path) -> None:

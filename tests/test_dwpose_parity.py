@@ -45,7 +45,11 @@ def golden_meta(dw_dir) -> dict:
 
 def test_s1_resize_and_edge_pad(golden, golden_meta):
     padded = preprocess.resize_with_pad(golden["in.image_rgb_uint8"])
-    np.testing.assert_array_equal(padded.image, golden["s1.padded_rgb_uint8"])
+    # cv2's INTER_CUBIC upscale rounds a handful of values differently per SIMD path (the same OpenCV
+    # gives 8 of 1.08M values off by 1 on this project's x86 machines): ±1 on at most 1e-5 of the values;
+    # a wrong interpolation or size moves tens of thousands.
+    diff = np.abs(padded.image.astype(int) - golden["s1.padded_rgb_uint8"].astype(int))
+    assert diff.max() <= 1 and (diff > 0).sum() <= 1e-5 * diff.size, (diff > 0).sum()
     assert [padded.width, padded.height] == golden_meta["output_size_wh"]
 
 
