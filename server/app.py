@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines import registry
-from server import webhooks
+from server import docs, webhooks
 from server.auth import KEY_ID_SECRET_FILE
 from server.config import Settings
 from server.errors import FalError, on_fal_error, on_http_error, on_validation_error
@@ -42,7 +42,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Self-hosted, fal.ai-compatible queue API for five human-image pipelines.",
         lifespan=lifespan,
+        docs_url=None,  # server.docs serves both pages with local assets (works without internet)
+        redoc_url=None,
     )
+    docs.install(app)
     app.state.settings = settings
     app.state.endpoints = endpoints
     app.state.store = open_store(settings.resolved_store_url)

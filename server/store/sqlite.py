@@ -167,8 +167,10 @@ def _row_to_job(row: sqlite3.Row) -> Job:
 
 
 class SQLiteJobStore:
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, clock: Callable[[], float] = time.time) -> None:
+        """``clock`` (wall-clock seconds) stamps leases, deadlines and webhooks; tests pass a fake one."""
         self.path = Path(path)
+        self.clock = clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._db().executescript(SCHEMA)
@@ -248,7 +250,7 @@ class SQLiteJobStore:
         return int(count)
 
     def request_cancel(self, job_id: str) -> CancelOutcome:
-        now = time.time()
+        now = self.clock()
         with self._write() as db:
             row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
@@ -326,7 +328,7 @@ class SQLiteJobStore:
         with self._write() as db:
             db.execute(
                 "INSERT OR REPLACE INTO worker_stats VALUES (?,?,?,?,?)",
-                (worker_id, device, allocated, reserved, time.time()),
+                (worker_id, device, allocated, reserved, self.clock()),
             )
 
     def worker_stats(self) -> list[sqlite3.Row]:
@@ -403,7 +405,7 @@ class SQLiteJobStore:
         With ``key`` (joining a running stepwise batch), nothing is claimed unless the head has that key:
         claiming around the head would starve it.
         """
-        now = time.time()
+        now = self.clock()
         with self._write() as db:
             rows = db.execute(
                 f"SELECT {_JOB_COLUMNS} FROM jobs WHERE endpoint = ? AND status = 'IN_QUEUE' "
@@ -447,7 +449,7 @@ class SQLiteJobStore:
         A job whose start deadline passed while it waited in a prefetched batch completes with the
         timeout error instead. Returns the ids that really started (still this worker's).
         """
-        now = time.time()
+        now = self.clock()
         started = []
         with self._write() as db:
             for job_id in job_ids:
@@ -488,7 +490,7 @@ class SQLiteJobStore:
         with self._write() as db:
             db.execute(
                 f"UPDATE jobs SET lease_until = ? WHERE status = 'IN_PROGRESS' AND id IN ({marks}){owner}",
-                (time.time() + lease_s, *job_ids, *([] if worker_id is None else [worker_id])),
+                (self.clock() + lease_s, *job_ids, *([] if worker_id is None else [worker_id])),
             )
 
     def append_log(self, job_id: str, entry: LogEntry) -> None:
@@ -520,7 +522,7 @@ class SQLiteJobStore:
     ) -> bool:
         """Finish a running job; False when it was no longer IN_PROGRESS (or, given ``worker_id``, no
         longer that worker's: a stalled worker must not overwrite the run that replaced it)."""
-        now = time.time()
+        now = self.clock()
         owner = "" if worker_id is None else " AND worker_id = ?"
         with self._write() as db:
             cur = db.execute(
@@ -543,7 +545,7 @@ class SQLiteJobStore:
     def expire_deadlines(self, now: float | None = None) -> list[str]:
         """Queued jobs whose start deadline passed complete with a timeout error (not re-queued ones: they
         did start once)."""
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         with self._write() as db:
             rows = db.execute(
                 "SELECT id FROM jobs WHERE status = 'IN_QUEUE' AND attempts = 0 AND start_deadline IS NOT NULL "
@@ -562,7 +564,7 @@ class SQLiteJobStore:
 
     def recover_expired_leases(self, max_attempts: int, now: float | None = None) -> list[str]:
         """Jobs of a dead worker (lease expired): re-queue if attempts remain, else fail them."""
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         # 500, not fal's 503: the job is over, and both clients would re-submit a run on a 503, re-running
         # the input that just killed the worker.
         failed_error = {
@@ -607,7 +609,7 @@ class SQLiteJobStore:
 
         A lease that runs out (its sender died mid-attempt) makes the row claimable again.
         """
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         with self._write() as db:
             rows = db.execute(
                 "SELECT * FROM webhooks WHERE state = 'pending' AND next_attempt_at <= ? "
@@ -632,7 +634,7 @@ class SQLiteJobStore:
         next_attempt_at: float | None = None,
     ) -> bool:
         """Record one attempt by the lease holder; False when ``owner`` no longer holds the lease."""
-        now = time.time()
+        now = self.clock()
         state = "pending" if outcome == "retry" else outcome
         with self._write() as db:
             cur = db.execute(
