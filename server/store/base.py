@@ -7,6 +7,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from server.store.notify import Notifier
+
 Status = Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
 Priority = Literal["normal", "low"]
 PRIORITY_RANK: dict[str, int] = {"normal": 0, "low": 1}
@@ -79,6 +81,8 @@ class PipelineState:
 
 class JobStore(Protocol):
     """Safe for concurrent use by the API process and several worker processes."""
+
+    events: Notifier  # publishes server.store.notify's channels after each relevant commit
 
     # -- API side
     def create(self, job: Job) -> None: ...

@@ -26,6 +26,7 @@ from server.store.base import (
     PipelineState,
     WebhookDelivery,
 )
+from server.store.notify import DONE, JOBS, LOG, QUEUE, STARTED, WEBHOOK, LocalNotifier
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -103,13 +104,19 @@ def _loads(value: str | None) -> Any:
     return None if value is None else json.loads(value)
 
 
-def _enqueue_webhook(db: sqlite3.Connection, job_id: str, now: float) -> None:
-    """Owe a webhook for a job that just completed: call inside the completing transaction."""
-    db.execute(
+def _enqueue_webhook(db: sqlite3.Connection, job_id: str, now: float) -> list[tuple[str, str]]:
+    """Owe a webhook for a job that just completed: call inside the completing transaction.
+
+    Returns the notifications to publish once the transaction committed (the job is done; a
+    webhook is due when one was owed).
+    """
+    cur = db.execute(
         "INSERT OR IGNORE INTO webhooks (job_id, url, state, next_attempt_at, created_at) "
         "SELECT id, webhook_url, 'pending', ?, ? FROM jobs WHERE id = ? AND webhook_url IS NOT NULL",
         (now, now, job_id),
     )
+    done = [(JOBS, f"{job_id} {DONE}")]
+    return [*done, (JOBS, f"{job_id} {WEBHOOK}")] if cur.rowcount == 1 else done
 
 
 def _row_to_webhook(row: sqlite3.Row) -> WebhookDelivery:
@@ -155,6 +162,8 @@ class SQLiteJobStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._db().executescript(SCHEMA)
+        # Wake-ups for waiters in any process using this database (published after each commit).
+        self.events = LocalNotifier(self.path.parent / f"{self.path.stem}.notify")
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteJobStore:
@@ -185,11 +194,16 @@ class SQLiteJobStore:
             raise
         db.execute("COMMIT")
 
+    def _publish(self, notes: list[tuple[str, str]]) -> None:
+        for channel, payload in notes:
+            self.events.publish(channel, payload)
+
     def close(self) -> None:
         db = getattr(self._local, "db", None)
         if db is not None:
             db.close()
             self._local.db = None
+        self.events.close()
 
     # -- API side
     def create(self, job: Job) -> None:
@@ -212,6 +226,7 @@ class SQLiteJobStore:
                     json.dumps(job.metrics),
                 ),
             )
+        self.events.publish(QUEUE, job.endpoint)
 
     def get(self, job_id: str) -> Job | None:
         row = self._db().execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -232,6 +247,7 @@ class SQLiteJobStore:
 
     def request_cancel(self, job_id: str) -> CancelOutcome:
         now = time.time()
+        notes: list[tuple[str, str]] = []
         with self._write() as db:
             row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
@@ -244,9 +260,10 @@ class SQLiteJobStore:
                     "WHERE id = ?",
                     (json.dumps(CANCELLED_ERROR), now, job_id),
                 )
-                _enqueue_webhook(db, job_id, now)
+                notes = _enqueue_webhook(db, job_id, now)
             else:
                 db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+        self._publish(notes)
         return "CANCELLATION_REQUESTED"
 
     def logs(self, job_id: str, since: int = 0) -> list[LogEntry]:
@@ -355,12 +372,13 @@ class SQLiteJobStore:
             head_key = key_fn(jobs[0].input)
             chosen = [jobs[0]] + [j for j in jobs[1:] if key_fn(j.input) == head_key]
             chosen = chosen[:max_batch]
+            marks = ",".join("?" * len(chosen))
+            db.execute(
+                "UPDATE jobs SET status = 'IN_PROGRESS', worker_id = ?, lease_until = ? "
+                f"WHERE id IN ({marks}) AND status = 'IN_QUEUE'",
+                (worker_id, now + lease_s, *(j.id for j in chosen)),
+            )
             for job in chosen:
-                db.execute(
-                    "UPDATE jobs SET status = 'IN_PROGRESS', worker_id = ?, lease_until = ? "
-                    "WHERE id = ? AND status = 'IN_QUEUE'",
-                    (worker_id, now + lease_s, job.id),
-                )
                 job.status, job.worker_id = "IN_PROGRESS", worker_id
         return chosen
 
@@ -370,38 +388,51 @@ class SQLiteJobStore:
         A job whose start deadline passed while it waited in a prefetched batch completes with the
         timeout error instead. Returns the ids that really started (still this worker's).
         """
+        if not job_ids:
+            return []
         now = time.time()
-        started = []
+        started: list[str] = []
+        notes: list[tuple[str, str]] = []
+        marks = ",".join("?" * len(job_ids))
         with self._write() as db:
-            for job_id in job_ids:
-                row = db.execute(
-                    "SELECT start_deadline, attempts FROM jobs WHERE id = ? AND status = 'IN_PROGRESS' "
-                    "AND worker_id = ?",
-                    (job_id, worker_id),
-                ).fetchone()
-                if row is None:
-                    continue
+            rows = db.execute(
+                f"SELECT id, start_deadline, attempts FROM jobs WHERE id IN ({marks}) AND status = 'IN_PROGRESS' "
+                "AND worker_id = ?",
+                (*job_ids, worker_id),
+            ).fetchall()
+            for row in rows:
                 if row["start_deadline"] is not None and row["start_deadline"] < now and row["attempts"] == 0:
                     db.execute(
                         "UPDATE jobs SET status = 'COMPLETED', finished_at = ?, error = ?, lease_until = NULL "
                         "WHERE id = ?",
-                        (now, json.dumps(TIMEOUT_ERROR), job_id),
+                        (now, json.dumps(TIMEOUT_ERROR), row["id"]),
                     )
-                    _enqueue_webhook(db, job_id, now)
-                    continue
-                db.execute("UPDATE jobs SET started_at = ?, attempts = attempts + 1 WHERE id = ?", (now, job_id))
-                started.append(job_id)
-        return started
+                    notes += _enqueue_webhook(db, row["id"], now)
+                else:
+                    started.append(row["id"])
+            if started:
+                marks = ",".join("?" * len(started))
+                db.execute(
+                    f"UPDATE jobs SET started_at = ?, attempts = attempts + 1 WHERE id IN ({marks})", (now, *started)
+                )
+        self._publish(notes + [(JOBS, f"{job_id} {STARTED}") for job_id in started])
+        order = {job_id: i for i, job_id in enumerate(job_ids)}
+        return sorted(started, key=order.__getitem__)
 
     def release(self, job_ids: list[str], worker_id: str) -> None:
         """Give claimed jobs that never started back to the queue (a stopping worker's prefetch)."""
+        released: list[str] = []
         with self._write() as db:
             for job_id in job_ids:
-                db.execute(
+                row = db.execute(
                     "UPDATE jobs SET status = 'IN_QUEUE', worker_id = NULL, lease_until = NULL "
-                    "WHERE id = ? AND status = 'IN_PROGRESS' AND worker_id = ? AND started_at IS NULL",
+                    "WHERE id = ? AND status = 'IN_PROGRESS' AND worker_id = ? AND started_at IS NULL "
+                    "RETURNING endpoint",
                     (job_id, worker_id),
-                )
+                ).fetchone()
+                if row is not None:
+                    released.append(row["endpoint"])
+        self._publish([(QUEUE, endpoint) for endpoint in dict.fromkeys(released)])
 
     def heartbeat(self, job_ids: list[str], lease_s: float, worker_id: str | None = None) -> None:
         if not job_ids:
@@ -420,6 +451,7 @@ class SQLiteJobStore:
                 "INSERT INTO logs (job_id, message, level, source, timestamp) VALUES (?,?,?,?,?)",
                 (job_id, entry.message, entry.level, entry.source, entry.timestamp),
             )
+        self.events.publish(JOBS, f"{job_id} {LOG}")
 
     def is_cancel_requested(self, job_ids: list[str]) -> set[str]:
         if not job_ids:
@@ -460,13 +492,15 @@ class SQLiteJobStore:
             )
             if cur.rowcount != 1:
                 return False
-            _enqueue_webhook(db, job_id, now)
-            return True
+            notes = _enqueue_webhook(db, job_id, now)
+        self._publish(notes)
+        return True
 
     def expire_deadlines(self, now: float | None = None) -> list[str]:
         """Queued jobs whose start deadline passed complete with a timeout error (not re-queued ones: they
         did start once)."""
         now = time.time() if now is None else now
+        notes: list[tuple[str, str]] = []
         with self._write() as db:
             rows = db.execute(
                 "SELECT id FROM jobs WHERE status = 'IN_QUEUE' AND attempts = 0 AND start_deadline IS NOT NULL "
@@ -480,7 +514,8 @@ class SQLiteJobStore:
                     "WHERE id = ? AND status = 'IN_QUEUE'",
                     (now, json.dumps(TIMEOUT_ERROR), job_id),
                 )
-                _enqueue_webhook(db, job_id, now)
+                notes += _enqueue_webhook(db, job_id, now)
+        self._publish(notes)
         return ids
 
     def recover_expired_leases(self, max_attempts: int, now: float | None = None) -> list[str]:
@@ -493,9 +528,10 @@ class SQLiteJobStore:
             "detail": f"The worker running this request stopped responding {max_attempts} times; giving up",
             "error_type": "runner_disconnected",
         }
+        notes: list[tuple[str, str]] = []
         with self._write() as db:
             rows = db.execute(
-                "SELECT id, attempts FROM jobs WHERE status = 'IN_PROGRESS' AND lease_until < ?", (now,)
+                "SELECT id, endpoint, attempts FROM jobs WHERE status = 'IN_PROGRESS' AND lease_until < ?", (now,)
             ).fetchall()
             for r in rows:
                 if r["attempts"] < max_attempts:
@@ -504,13 +540,15 @@ class SQLiteJobStore:
                         "started_at = NULL WHERE id = ?",
                         (r["id"],),
                     )
+                    notes.append((QUEUE, r["endpoint"]))
                 else:
                     db.execute(
                         "UPDATE jobs SET status = 'COMPLETED', finished_at = ?, error = ?, lease_until = NULL "
                         "WHERE id = ?",
                         (now, json.dumps(failed_error), r["id"]),
                     )
-                    _enqueue_webhook(db, r["id"], now)
+                    notes += _enqueue_webhook(db, r["id"], now)
+        self._publish(list(dict.fromkeys(notes)))
         return [r["id"] for r in rows]
 
     def set_pipeline_state(self, state: PipelineState) -> None:
