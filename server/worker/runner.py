@@ -26,15 +26,15 @@ from server.errors import validation_detail
 from server.files import FileStore
 from server.store import Job, JobStore, PipelineState, open_store
 from server.store.base import CANCELLED_ERROR
+from server.store.notify import QUEUE
 from server.worker.context import BatchContext
 from server.worker.inputs import make_image_loader
 
 log = logging.getLogger("fal_onprem.worker")
 
-IDLE_SLEEP_S = 0.02
-# A busy worker claims its next batch this much later than an idle one would (idle workers poll every
-# IDLE_SLEEP_S), so with several GPUs a burst goes to the idle ones first instead of queueing behind us.
-PREFETCH_DELAY_S = 5 * IDLE_SLEEP_S
+# Idle workers wake on the store's queue notifications (at once, so with several GPUs a burst reaches the
+# idle ones while a busy one prefetches); this floor only bounds re-checks of a due but unclaimable queue.
+MIN_IDLE_WAIT_S = 0.01
 HOUSEKEEPING_S = 1.0
 
 
@@ -78,6 +78,8 @@ class Worker:
         self._batch_started: float | None = None  # monotonic start of the running batch (watchdog)
         self.states: dict[str, tuple[str, str]] = {}  # endpoint -> (state, reason), re-reported as a heartbeat
         self._housekeeping_thread: threading.Thread | None = None
+        # A submit wakes an idle worker at once; without notifications it polls every poll_fallback_s.
+        self.wakeups = self.store.events.subscribe(QUEUE) if settings.notify_events else None
 
     # -- loading
     def weight_source(self) -> WeightSource:
@@ -163,9 +165,22 @@ class Worker:
         return None
 
     def _prefetch(self) -> ClaimedBatch | None:
-        if self.stop_event.wait(PREFETCH_DELAY_S):
+        if self.stop_event.is_set():
             return None
         return self.claim_next()
+
+    def _idle_wait(self) -> None:
+        """Until a submit wakes us, the oldest queued job's batching window closes, or the fallback poll."""
+        timeout = self.settings.poll_fallback_s
+        now = time.time()
+        for loaded in self.loaded.values():
+            oldest, count = self.store.oldest_queued(loaded.endpoint)
+            if count and oldest is not None:
+                timeout = min(timeout, max(MIN_IDLE_WAIT_S, oldest + loaded.max_wait_ms / 1000 - now))
+        if self.wakeups is None:
+            self.stop_event.wait(timeout)
+        else:
+            self.wakeups.wait(timeout)
 
     def _prepare(self, pipe: Pipeline, job: Job) -> Prepared | dict[str, Any]:
         try:
@@ -307,7 +322,7 @@ class Worker:
                 batch = pending.result() if pending is not None else self.claim_next()
                 pending = None
                 if batch is None:
-                    time.sleep(IDLE_SLEEP_S)
+                    self._idle_wait()
                     continue
                 # Prepare the next batch on CPU threads while this one runs.
                 pending = self._prefetch_pool.submit(self._prefetch)
@@ -325,3 +340,5 @@ class Worker:
 
     def stop(self) -> None:
         self.stop_event.set()
+        if self.wakeups is not None:
+            self.wakeups.wake()

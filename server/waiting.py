@@ -1,0 +1,121 @@
+"""How the API waits for jobs: woken by the store's notifications, re-checking it at a slow fallback.
+
+`JobEvents` holds the API process's one subscription to the store's ``jobs`` channel and fans each
+notification out to the requests waiting in this process (``/run``, SSE status streams) and to the
+webhook sender. A waiter always re-reads the store when woken (the store is the truth; a notification
+only says "look now") and at least every ``poll_fallback_s``, so a lost notification costs latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+
+from anyio import to_thread
+from fastapi import Request
+
+from server.config import Settings
+from server.store import Job, JobStore
+from server.store.notify import JOBS, WEBHOOK, Subscription
+
+
+class Watch:
+    """One waiter's wake-up flag; set by any notification about its job (and, if asked, about any job)."""
+
+    def __init__(self, fallback_s: float, any_job: set[asyncio.Event]) -> None:
+        self.fallback_s = fallback_s
+        self.event = asyncio.Event()
+        self._any_job = any_job
+
+    def follow_all_jobs(self, on: bool) -> None:
+        """Also wake on other jobs' changes (a queued job's position moves when they start or finish)."""
+        if on:
+            self._any_job.add(self.event)
+        else:
+            self._any_job.discard(self.event)
+
+    async def wait(self, timeout: float | None = None) -> None:
+        """Until a notification (or what else sets ``event``) or the fallback interval; then re-arm."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.fallback_s if timeout is None else timeout):
+                await self.event.wait()
+        self.event.clear()
+
+
+class JobEvents:
+    def __init__(self, store: JobStore, settings: Settings) -> None:
+        self.store = store
+        self.enabled = settings.notify_events
+        self.fallback_s = settings.poll_fallback_s
+        self.webhook_due: asyncio.Event | None = None  # a completion owes a webhook: the sender looks at once
+        self._by_job: dict[str, set[asyncio.Event]] = {}
+        self._any_job: set[asyncio.Event] = set()
+        self._sub: Subscription | None = None
+
+    def start(self) -> None:
+        """In the running event loop (the app's lifespan)."""
+        self.webhook_due = asyncio.Event()
+        if not self.enabled:
+            return
+        self._sub = self.store.events.subscribe(JOBS)
+        asyncio.get_running_loop().add_reader(self._sub.fileno(), self._dispatch)
+
+    def stop(self) -> None:
+        if self._sub is not None:
+            asyncio.get_running_loop().remove_reader(self._sub.fileno())
+            self._sub.close()
+            self._sub = None
+
+    def _dispatch(self) -> None:
+        assert self._sub is not None
+        for payload in self._sub.drain():
+            job_id, _, kind = payload.partition(" ")
+            if kind == WEBHOOK:
+                if self.webhook_due is not None:
+                    self.webhook_due.set()
+                continue
+            for event in self._by_job.get(job_id, ()):
+                event.set()
+            for event in self._any_job:
+                event.set()
+
+    @contextlib.contextmanager
+    def watch(self, job_id: str) -> Iterator[Watch]:
+        """Register before reading the store, so a change between the read and the wait is not missed."""
+        watch = Watch(self.fallback_s, self._any_job)
+        targets = self._by_job.setdefault(job_id, set())
+        targets.add(watch.event)
+        try:
+            yield watch
+        finally:
+            watch.follow_all_jobs(False)
+            targets.discard(watch.event)
+            if not targets:
+                self._by_job.pop(job_id, None)
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects (the request body was read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def wait_until_done(request: Request, job_id: str) -> Job | None:
+    """The finished job, or None when the client went away first (the caller decides what then)."""
+    store: JobStore = request.app.state.store
+    events: JobEvents = request.app.state.job_events
+    with events.watch(job_id) as watch:
+        gone = asyncio.ensure_future(_client_gone(request))
+        gone.add_done_callback(lambda _: watch.event.set())
+        try:
+            while True:
+                current = await to_thread.run_sync(store.get, job_id)
+                assert current is not None
+                if current.status == "COMPLETED":
+                    return current
+                if gone.done():
+                    return None
+                await watch.wait()
+        finally:
+            gone.cancel()
