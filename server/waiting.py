@@ -12,20 +12,22 @@ import asyncio
 import contextlib
 from collections.abc import Iterator
 
-from anyio import to_thread
 from fastapi import Request
 
 from server.config import Settings
 from server.store import Job, JobStore
-from server.store.notify import JOBS, WEBHOOK, Subscription
+from server.store.notify import DONE, JOBS, WEBHOOK, Subscription
+
+ONLY_DONE = frozenset({DONE})
 
 
 class Watch:
-    """One waiter's wake-up flag; set by any notification about its job (and, if asked, about any job)."""
+    """One waiter's wake-up flag; set by notifications about its job (and, if asked, about any job)."""
 
-    def __init__(self, fallback_s: float, any_job: set[asyncio.Event]) -> None:
+    def __init__(self, fallback_s: float, any_job: set[asyncio.Event], kinds: frozenset[str] | None) -> None:
         self.fallback_s = fallback_s
         self.event = asyncio.Event()
+        self.kinds = kinds  # None: every change (started, log, done)
         self._any_job = any_job
 
     def follow_all_jobs(self, on: bool) -> None:
@@ -49,7 +51,7 @@ class JobEvents:
         self.enabled = settings.notify_events
         self.fallback_s = settings.poll_fallback_s
         self.webhook_due: asyncio.Event | None = None  # a completion owes a webhook: the sender looks at once
-        self._by_job: dict[str, set[asyncio.Event]] = {}
+        self._by_job: dict[str, set[Watch]] = {}
         self._any_job: set[asyncio.Event] = set()
         self._sub: Subscription | None = None
 
@@ -75,22 +77,26 @@ class JobEvents:
                 if self.webhook_due is not None:
                     self.webhook_due.set()
                 continue
-            for event in self._by_job.get(job_id, ()):
-                event.set()
+            for watch in self._by_job.get(job_id, ()):
+                if watch.kinds is None or kind in watch.kinds:
+                    watch.event.set()
             for event in self._any_job:
                 event.set()
 
     @contextlib.contextmanager
-    def watch(self, job_id: str) -> Iterator[Watch]:
-        """Register before reading the store, so a change between the read and the wait is not missed."""
-        watch = Watch(self.fallback_s, self._any_job)
+    def watch(self, job_id: str, kinds: frozenset[str] | None = None) -> Iterator[Watch]:
+        """Register before reading the store, so a change between the read and the wait is not missed.
+
+        ``kinds``: the events that wake it (default all: started, log, done).
+        """
+        watch = Watch(self.fallback_s, self._any_job, kinds)
         targets = self._by_job.setdefault(job_id, set())
-        targets.add(watch.event)
+        targets.add(watch)
         try:
             yield watch
         finally:
             watch.follow_all_jobs(False)
-            targets.discard(watch.event)
+            targets.discard(watch)
             if not targets:
                 self._by_job.pop(job_id, None)
 
@@ -102,15 +108,19 @@ async def _client_gone(request: Request) -> None:
 
 
 async def wait_until_done(request: Request, job_id: str) -> Job | None:
-    """The finished job, or None when the client went away first (the caller decides what then)."""
+    """The finished job, or None when the client went away first (the caller decides what then).
+
+    The store is read on the event loop: a read by primary key never waits for writers (SQLite WAL),
+    and a thread hop per check cost more than the read.
+    """
     store: JobStore = request.app.state.store
     events: JobEvents = request.app.state.job_events
-    with events.watch(job_id) as watch:
+    with events.watch(job_id, ONLY_DONE) as watch:
         gone = asyncio.ensure_future(_client_gone(request))
         gone.add_done_callback(lambda _: watch.event.set())
         try:
             while True:
-                current = await to_thread.run_sync(store.get, job_id)
+                current = store.get(job_id)
                 assert current is not None
                 if current.status == "COMPLETED":
                     return current
