@@ -38,7 +38,7 @@ class Subscription(Protocol):
         ...
 
     def drain(self) -> list[str]:
-        """The pending payloads, without blocking."""
+        """The pending payloads (one per line published), without blocking."""
         ...
 
     def wait(self, timeout: float) -> list[str]:
@@ -54,7 +54,10 @@ class Subscription(Protocol):
 
 class Notifier(Protocol):
     def publish(self, channel: str, payload: str = "") -> None:
-        """Best effort and non-blocking: a subscriber that is gone or far behind misses it."""
+        """Best effort and non-blocking: a subscriber that is gone or far behind misses it.
+
+        A payload with newlines is several payloads sent at once (subscribers get one per line).
+        """
         ...
 
     def subscribe(self, channel: str) -> Subscription: ...
@@ -89,7 +92,7 @@ class LocalSubscription:
             except OSError:  # closed meanwhile
                 return out
             if data:
-                out.append(data.decode())
+                out += data.decode().split("\n")
 
     def wait(self, timeout: float) -> list[str]:
         with contextlib.suppress(ValueError, OSError):  # closed meanwhile

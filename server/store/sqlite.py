@@ -195,8 +195,12 @@ class SQLiteJobStore:
         db.execute("COMMIT")
 
     def _publish(self, notes: list[tuple[str, str]]) -> None:
+        """One datagram per channel for all of a commit's notifications."""
+        by_channel: dict[str, list[str]] = {}
         for channel, payload in notes:
-            self.events.publish(channel, payload)
+            by_channel.setdefault(channel, []).append(payload)
+        for channel, payloads in by_channel.items():
+            self.events.publish(channel, "\n".join(dict.fromkeys(payloads)))
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)
@@ -548,7 +552,7 @@ class SQLiteJobStore:
                         (now, json.dumps(failed_error), r["id"]),
                     )
                     notes += _enqueue_webhook(db, r["id"], now)
-        self._publish(list(dict.fromkeys(notes)))
+        self._publish(notes)
         return [r["id"] for r in rows]
 
     def set_pipeline_state(self, state: PipelineState) -> None:
