@@ -6,6 +6,7 @@ This module must not use ``from __future__ import annotations``: the per-endpoin
 closure variables that FastAPI has to see as real classes.
 """
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from server.store import JobStore
 from server.urls import base_url, request_urls
 
 STREAM_KEEPALIVE_S = 10.0
+QUEUED_STREAM_MIN_S = 0.1  # a queued job's stream re-reads its position at most this often (busy queues)
 
 
 def _store(request: Request) -> JobStore:
@@ -139,7 +141,10 @@ def build_router(endpoints: dict[str, EndpointSpec]) -> APIRouter:
                     if time.monotonic() - last_time > STREAM_KEEPALIVE_S:
                         yield ": ping\n\n"
                         last_time = time.monotonic()
+                    polled = time.monotonic()
                     await watch.wait(min(hub.fallback_s, STREAM_KEEPALIVE_S))
+                    if body["status"] == "IN_QUEUE":
+                        await asyncio.sleep(max(0.0, polled + QUEUED_STREAM_MIN_S - time.monotonic()))
 
         return StreamingResponse(
             events(),
