@@ -16,7 +16,7 @@ from fastapi import Request
 
 from server.config import Settings
 from server.store import Job, JobStore
-from server.store.notify import DONE, JOBS, WEBHOOK, Subscription
+from server.store.notify import DONE, JOBS, MISSED, WEBHOOK, Subscription
 
 ONLY_DONE = frozenset({DONE})
 
@@ -72,6 +72,9 @@ class JobEvents:
     def _dispatch(self) -> None:
         assert self._sub is not None
         for payload in self._sub.drain():
+            if payload == MISSED:
+                self._wake_all()
+                continue
             job_id, _, kind = payload.partition(" ")
             if kind == WEBHOOK:
                 if self.webhook_due is not None:
@@ -82,6 +85,13 @@ class JobEvents:
                     watch.event.set()
             for event in self._any_job:
                 event.set()
+
+    def _wake_all(self) -> None:
+        if self.webhook_due is not None:
+            self.webhook_due.set()
+        for watches in self._by_job.values():
+            for watch in watches:
+                watch.event.set()
 
     @contextlib.contextmanager
     def watch(self, job_id: str, kinds: frozenset[str] | None = None) -> Iterator[Watch]:

@@ -27,9 +27,18 @@ from typing import Protocol
 QUEUE = "queue"  # "<endpoint id>": a job became claimable (submitted, released, re-queued)
 JOBS = "jobs"  # "<job id> <event>": a job changed (see the events below)
 STARTED, LOG, DONE, WEBHOOK = "started", "log", "done", "webhook"  # WEBHOOK: an outbox row is due now
+MISSED = "*"  # delivered instead of what may have been lost: anything may have changed, re-check it all
 
 MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to 107 bytes on Linux
 MAX_DATAGRAM = 4096
+
+
+def _queue_limit() -> int:
+    """Datagrams a Unix socket queues before senders get EAGAIN (Linux default 10, often left so)."""
+    try:
+        return int(Path("/proc/sys/net/unix/max_dgram_qlen").read_text())
+    except (OSError, ValueError):
+        return 10
 
 
 class Subscription(Protocol):
@@ -38,7 +47,8 @@ class Subscription(Protocol):
         ...
 
     def drain(self) -> list[str]:
-        """The pending payloads (one per line published), without blocking."""
+        """The pending payloads (one per line published), without blocking; ``MISSED`` among them when
+        some may have been lost."""
         ...
 
     def wait(self, timeout: float) -> list[str]:
@@ -73,8 +83,12 @@ def _short_dir(directory: Path) -> Path:
 
 
 class LocalSubscription:
+    """A publisher drops a datagram when this socket's queue is full; a drain that finds the queue full
+    (so a drop was possible) reports ``MISSED``."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._limit = _queue_limit()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
         self._sock.bind(str(path))
@@ -83,14 +97,14 @@ class LocalSubscription:
         return self._sock.fileno()
 
     def drain(self) -> list[str]:
-        out = []
+        out: list[str] = []
+        received = 0
         while True:
             try:
                 data = self._sock.recv(MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                return out
-            except OSError:  # closed meanwhile
-                return out
+            except OSError:  # nothing pending (EAGAIN), or closed meanwhile
+                return [*out, MISSED] if received >= self._limit else out
+            received += 1
             if data:
                 out += data.decode().split("\n")
 

@@ -36,8 +36,7 @@ class BatchContext:
     # -- logs and progress
     def log(self, message: str, item: int | None = None, level: str = "INFO") -> None:
         targets = self.jobs if item is None else [self.jobs[item]]
-        for job in targets:
-            self.store.append_log(job.id, LogEntry(message, level))
+        self.store.append_logs([job.id for job in targets], LogEntry(message, level))
         log.info("%s [%s] %s", self.jobs[0].endpoint, ",".join(j.id[:8] for j in targets), message)
 
     def progress(self, step: int, total: int, item: int | None = None) -> None:
