@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from server.store import Job, LogEntry, SQLiteJobStore
-from server.store.notify import DONE, JOBS, LOG, QUEUE, STARTED, WEBHOOK, LocalNotifier
+from server.store.notify import DONE, JOBS, LOG, MISSED, QUEUE, STARTED, WEBHOOK, LocalNotifier
 from tests.support.live_server import REPO, LiveServer
 from tests.support.server_fixtures import png_data_uri, wait_completed
 
@@ -66,6 +66,21 @@ def test_a_dead_subscribers_socket_is_removed_and_publishing_goes_on(tmp_path: P
         assert not dead.path.exists()
     finally:
         alive.close()
+
+
+def test_a_full_socket_queue_is_reported_as_missed_notifications(tmp_path: Path) -> None:
+    """Publishers drop datagrams when a subscriber's queue is full; the subscriber learns it may have lost some."""
+    notifier = LocalNotifier(tmp_path)
+    sub = notifier.subscribe(JOBS)
+    try:
+        for i in range(sub._limit + 5):
+            notifier.publish(JOBS, f"job{i} {DONE}")
+        got = sub.drain()
+        assert got[-1] == MISSED and sub._limit <= len(got) - 1 < sub._limit + 5  # some were dropped
+        notifier.publish(JOBS, f"x {DONE}")
+        assert sub.drain() == [f"x {DONE}"]  # a queue that never filled reports nothing missed
+    finally:
+        sub.close()
 
 
 def test_wake_interrupts_a_wait_from_another_thread(tmp_path: Path) -> None:
