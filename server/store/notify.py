@@ -20,6 +20,7 @@ import select
 import socket
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -30,6 +31,9 @@ STARTED, LOG, DONE, WEBHOOK = "started", "log", "done", "webhook"  # WEBHOOK: an
 MISSED = "*"  # delivered instead of what may have been lost: anything may have changed, re-check it all
 
 MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to 107 bytes on Linux
+# Directory times have a coarse clock: a listing taken this soon after the last change may miss a change
+# made in the same tick (same mtime), so it is not reused.
+RACY_LISTING_NS = 100_000_000
 MAX_DATAGRAM = 4096
 
 
@@ -149,7 +153,8 @@ class LocalNotifier:
         if cached is not None and cached[0] == mtime:
             return cached[1]
         paths = [entry.path for entry in os.scandir(folder)]
-        self._targets[channel] = (mtime, paths)
+        if time.time_ns() - mtime > RACY_LISTING_NS:
+            self._targets[channel] = (mtime, paths)
         return paths
 
     def publish(self, channel: str, payload: str = "") -> None:
