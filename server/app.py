@@ -23,6 +23,7 @@ from server.local_secrets import load_or_create_secret
 from server.proxy import FalProxyMiddleware
 from server.routes import files, ops, queue, run, storage
 from server.store import open_store
+from server.waiting import JobEvents
 
 log = logging.getLogger("fal_onprem.api")
 
@@ -33,8 +34,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
+        app.state.job_events.start()
         async with janitor(app), webhooks.delivery(app):
             yield
+        app.state.job_events.stop()
         app.state.store.close()
 
     app = FastAPI(
@@ -49,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.endpoints = endpoints
     app.state.store = open_store(settings.resolved_store_url)
+    app.state.job_events = JobEvents(app.state.store, settings)  # wakes /run, status streams, webhooks
     app.state.files = FileStore(settings.files_dir)
     app.state.key_id_secret = load_or_create_secret(settings.data_dir, KEY_ID_SECRET_FILE)
     webhooks.install(app, settings)  # signing key, submit-time URL check, JWKS routes
