@@ -260,6 +260,8 @@ function imageControl(name, schema, { id, describedBy, ctx }) {
   const file = h("input", { type: "file", accept: "image/*", hidden: true, "aria-hidden": "true", tabindex: "-1" });
   const showPreview = () => {
     const value = url.value.trim();
+    if (value === preview.dataset.shown) return; // a broken image stays hidden on the next event
+    preview.dataset.shown = value;
     preview.hidden = !value;
     if (value) preview.src = value;
   };
@@ -304,7 +306,16 @@ function imageControl(name, schema, { id, describedBy, ctx }) {
   file.addEventListener("change", () => {
     if (file.files[0]) take(file.files[0]).catch(() => {});
   });
+  // On input (not change): a change fires on blur, and a preview appearing under the pointer as the
+  // user clicks Run would move the button away from the click.
+  url.addEventListener("input", () => {
+    note.textContent = "";
+    showPreview();
+  });
   url.addEventListener("change", showPreview);
+  preview.addEventListener("error", () => {
+    preview.hidden = true;
+  });
   const samples = h(
     "div",
     { class: "samples" },
@@ -345,9 +356,10 @@ function listControl(name, schema, { id, path, ctx }) {
   const items = [];
   const box = h("div", { class: "list-items" });
   const count = Math.max(schema.minItems || 0, 1);
+  const noun = (schema.title || name).replace(/s$/, ""); // "Reference Images" -> "Reference Image 3"
   const renumber = () => {
     items.forEach((item, i) => {
-      item.legend.textContent = `${itemSchema.title || "item"} ${i + 1}`;
+      item.legend.textContent = `${noun} ${i + 1}`;
       for (const f of item.fields) {
         const sub = f.path.slice(f.path.lastIndexOf(".") + 1);
         f.path = `${path}.${i}.${sub}`;
@@ -378,7 +390,7 @@ function listControl(name, schema, { id, path, ctx }) {
     for (const f of fields) if (value && f.name in value) f.control.set(value[f.name]);
     renumber();
   };
-  const addButton = h("button", { type: "button", id, class: "add", onclick: () => add() }, `Add ${itemSchema.title || "item"}`);
+  const addButton = h("button", { type: "button", id, class: "add", onclick: () => add() }, `Add ${noun.toLowerCase()}`);
   return {
     element: h("div", { class: "list" }, box, addButton),
     labelFor: id,
