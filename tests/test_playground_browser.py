@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from pipelines import registry
-from tests.support.browser import browser_context, screenshot  # noqa: F401 (fixture)
+from tests.support.browser import chromium_context, screenshot
 from tests.support.js import JS_DIR, requires_js_client
 from tests.support.live_server import LiveServer
 from tests.support.server_fixtures import png_data_uri, wait_completed
@@ -43,6 +43,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     live.stop()
 
 
+@pytest.fixture(scope="module")
+def browser_context() -> Iterator[Any]:
+    with chromium_context() as context:
+        yield context
+
+
 @pytest.fixture
 def page(browser_context: Any) -> Iterator[Any]:
     """A new tab; any uncaught JavaScript error fails the test."""
@@ -56,7 +62,9 @@ def page(browser_context: Any) -> Iterator[Any]:
 
 def open_playground(page: Any, server: LiveServer, endpoint_id: str, key: str | None = KEY) -> None:
     page.goto(f"{server.url}/playground/{endpoint_id}")
-    page.evaluate("([name, key]) => key ? localStorage.setItem(name, key) : localStorage.removeItem(name)", [KEY_STORAGE, key])
+    page.evaluate(
+        "([name, key]) => key ? localStorage.setItem(name, key) : localStorage.removeItem(name)", [KEY_STORAGE, key]
+    )
     page.reload()
     page.wait_for_selector("body[data-ready=true]")
 
@@ -140,7 +148,7 @@ def test_api_key_is_asked_for_sent_and_remembered(server: LiveServer, page: Any)
     page.fill('.field[data-path="image_url"] input.image-url', png_data_uri())
     page.click("#run")
     page.wait_for_selector("#result:not([hidden])")
-    assert 'Authorization: Key $FAL_KEY' in page.inner_text("#snippet")
+    assert "Authorization: Key $FAL_KEY" in page.inner_text("#snippet")
 
 
 @pytest.mark.parametrize("endpoint_id", FAL_ENDPOINTS)
@@ -206,7 +214,8 @@ def test_endpoint_runs_from_the_playground(server: LiveServer, page: Any, endpoi
 # -- the generated form covers every field of every schema --------------------------------------------
 
 FIELD_REPORT = """path => {
-  const wrapper = document.querySelector(`.field[data-path="${CSS.escape(path)}"], .dim[data-path="${CSS.escape(path)}"]`);
+  const sel = CSS.escape(path);
+  const wrapper = document.querySelector(`.field[data-path="${sel}"], .dim[data-path="${sel}"]`);
   if (!wrapper) return null;
   const label = wrapper.querySelector(':scope > label');
   const control = label && document.getElementById(label.htmlFor);

@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -50,9 +51,10 @@ def unavailable(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="module")
-def browser_context() -> Iterator[Any]:
-    """A fresh Chromium profile (own user-data dir) for the module; pages share its local storage."""
+@contextmanager
+def chromium_context() -> Iterator[Any]:
+    """A Playwright browser context on a fresh Chromium profile (own user-data dir); its pages share
+    local storage. Skips (fails in CI) when Playwright or Chromium is missing."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
