@@ -105,6 +105,13 @@ def fill_required(page: Any) -> list[str]:
         ".field-text, .field-textarea", "els => els.filter(e => e.querySelector('label .req')).map(e => e.dataset.path)"
     ):
         page.fill(f'.field[data-path="{path}"] input, .field[data-path="{path}"] textarea', "a portrait photo")
+    for path in page.eval_on_selector_all(  # required choices without a default (CatVTON's cloth_type)
+        ".field-enum",
+        "els => els.filter(e => e.querySelector('label .req') && !e.querySelector('select').value)"
+        ".map(e => e.dataset.path)",
+    ):
+        select = page.locator(f'.field[data-path="{path}"] select')
+        select.select_option(select.locator("option").nth(1).get_attribute("value"))
     return paths
 
 

@@ -46,7 +46,7 @@ function renderList() {
               show(ep.id);
             },
           },
-          h("span", { class: "ep-id" }, ep.id),
+          h("span", { class: "ep-id" }, ep.id.split("/").flatMap((part, i) => (i ? [h("wbr"), `/${part}`] : [part]))),
           h("span", { class: `badge ${r.state}`, title: r.reason || r.state }, r.state),
         ),
       );
@@ -85,6 +85,8 @@ async function refreshReadiness() {
 function show(id) {
   const ep = state.endpoints.find((e) => e.id === id) || state.endpoints[0];
   if (!ep) return;
+  $("boot-error").hidden = !id || ep.id === id;
+  $("boot-error").textContent = `There is no endpoint ${id} on this server; showing ${ep.id}.`;
   state.current = ep;
   document.title = `${ep.id} · fal-onprem playground`;
   $("endpoint").hidden = false;
@@ -300,8 +302,7 @@ function updateSnippet() {
         "button",
         {
           type: "button",
-          role: "tab",
-          "aria-selected": String(name === state.snippet),
+          "aria-pressed": String(name === state.snippet),
           "data-snippet": name,
           onclick: () => {
             state.snippet = name;
