@@ -158,6 +158,24 @@ def test_api_key_is_asked_for_sent_and_remembered(server: LiveServer, page: Any)
     assert "Authorization: Key $FAL_KEY" in page.inner_text("#snippet")
 
 
+def test_failed_jobs_show_their_422_at_the_field_or_the_error_with_the_request_id(
+    server: LiveServer, page: Any
+) -> None:
+    open_playground(page, server, "test/echo")
+    page.fill('.field[data-path="image_url"] input.image-url', png_data_uri())
+    page.select_option('.field[data-path="fail"] select', "item")  # the worker refuses the image (422)
+    page.click("#run")
+    page.wait_for_selector(TERMINAL)
+    assert status_line(page) == "Failed"
+    assert page.inner_text('.field[data-path="image_url"] .field-error') == "echo refused this image"
+    page.select_option('.field[data-path="fail"] select', "crash")  # the pipeline raises (500)
+    page.click("#run")
+    page.wait_for_selector("#form-error:not([hidden])")
+    error = page.inner_text("#form-error")
+    assert "Internal error: echo pipeline crashed on purpose (internal_server_error) · request id" in error
+    assert page.inner_text('.field[data-path="image_url"] .field-error') == ""  # the last run's errors only
+
+
 @pytest.mark.parametrize("endpoint_id", FAL_ENDPOINTS)
 def test_endpoint_runs_from_the_playground(server: LiveServer, page: Any, endpoint_id: str) -> None:
     require_served(server, endpoint_id)
