@@ -67,6 +67,8 @@ def open_playground(page: Any, server: LiveServer, endpoint_id: str, key: str | 
     )
     page.reload()
     page.wait_for_selector("body[data-ready=true]")
+    for fold in page.locator("details.more summary").all():  # "Additional settings": the tests use them all
+        fold.click()
 
 
 def readiness(server: LiveServer, endpoint_id: str) -> dict[str, Any]:

@@ -6,6 +6,8 @@ import { endpointsFrom } from "./schema.js";
 import { SNIPPETS } from "./snippets.js";
 
 const READY_POLL_MS = 5000;
+const RECONNECT_MS = 1000;
+const RECONNECT_TRIES = 60;
 const $ = (id) => document.getElementById(id);
 
 const state = {
@@ -178,6 +180,22 @@ function onStatus(event) {
   job.metrics = event.metrics || job.metrics;
 }
 
+/** The status stream until COMPLETED; a dropped connection (server restart, proxy timeout) is
+ * re-opened, since jobs survive restarts. */
+async function followStatus(statusUrl) {
+  let last = null;
+  for (let attempt = 0; !last || last.status !== "COMPLETED"; attempt++) {
+    if (attempt) await new Promise((resolve) => setTimeout(resolve, RECONNECT_MS));
+    try {
+      last = (await api.streamStatus(statusUrl, onStatus)) || last;
+    } catch (err) {
+      const clientError = err instanceof api.ApiError && err.status < 500;
+      if (clientError || attempt >= RECONNECT_TRIES) throw err;
+    }
+  }
+  return last;
+}
+
 async function run(ev) {
   ev.preventDefault();
   if (state.job) return;
@@ -205,7 +223,7 @@ async function run(ev) {
     $("cancel").disabled = false;
     $("run").setAttribute("aria-busy", "true");
     onStatus(submitted);
-    const last = await api.streamStatus(submitted.status_url, onStatus);
+    const last = await followStatus(submitted.status_url);
     $("cancel").disabled = true;
     if (last && last.error && last.error_type === "request_cancelled") {
       setStatus(`Cancelled · request id ${submitted.request_id}`, "cancelled");

@@ -4,6 +4,7 @@ import { upload } from "./api.js";
 import { fieldKind, nonNull } from "./schema.js";
 
 let uid = 0;
+const FOLD_OVER = 4; // optional fields shown without folding
 
 /** document.createElement with attributes and children in one call. */
 export function h(tag, attrs = {}, ...children) {
@@ -313,6 +314,12 @@ function imageControl(name, schema, { id, describedBy, ctx }) {
     showPreview();
   });
   url.addEventListener("change", showPreview);
+  url.addEventListener("paste", (ev) => {
+    const pasted = [...ev.clipboardData.files].find((f) => f.type.startsWith("image/"));
+    if (!pasted) return; // text (a URL or data URI) is pasted as usual
+    ev.preventDefault();
+    take(pasted).catch(() => {});
+  });
   preview.addEventListener("error", () => {
     preview.hidden = true;
   });
@@ -438,7 +445,20 @@ export function buildForm(container, schema, endpointId = "") {
   entries.sort(([a], [b]) => Number(required.has(b)) - Number(required.has(a)));
   const top = entries.map(([name, prop]) => buildField(name, prop, name, required.has(name), ctx));
   ctx.fields.push(...top);
-  container.replaceChildren(...top.map((f) => f.wrapper));
+  // Long lists of optional knobs (LivePortrait has 21) fold away under the required inputs.
+  const optional = top.filter((f) => !f.required);
+  const folded = optional.length > FOLD_OVER && optional.length < top.length;
+  container.replaceChildren(
+    ...top.filter((f) => f.required || !folded).map((f) => f.wrapper),
+    folded
+      ? h(
+          "details",
+          { class: "more" },
+          h("summary", {}, `Additional settings (${optional.length})`),
+          optional.map((f) => f.wrapper),
+        )
+      : null,
+  );
 
   return {
     fields: top,
@@ -485,6 +505,8 @@ export function buildForm(container, schema, endpointId = "") {
           continue;
         }
         wrapper.classList.add("invalid");
+        const fold = wrapper.closest("details");
+        if (fold) fold.open = true;
         const slot = wrapper.querySelector(":scope > .field-error");
         slot.textContent = slot.textContent ? `${slot.textContent}; ${entry.msg}` : entry.msg;
         const control = wrapper.querySelector("input:not([type=file]):not([type=range]), select, textarea");
