@@ -448,17 +448,12 @@ export function buildForm(container, schema, endpointId = "") {
   // Long lists of optional knobs (LivePortrait has 21) fold away under the required inputs.
   const optional = top.filter((f) => !f.required);
   const folded = optional.length > FOLD_OVER && optional.length < top.length;
-  container.replaceChildren(
-    ...top.filter((f) => f.required || !folded).map((f) => f.wrapper),
-    folded
-      ? h(
-          "details",
-          { class: "more" },
-          h("summary", {}, `Additional settings (${optional.length})`),
-          optional.map((f) => f.wrapper),
-        )
-      : null,
-  );
+  const shown = top.filter((f) => f.required || !folded).map((f) => f.wrapper);
+  if (folded) {
+    const summary = h("summary", {}, `Additional settings (${optional.length})`);
+    shown.push(h("details", { class: "more" }, summary, optional.map((f) => f.wrapper)));
+  }
+  container.replaceChildren(...shown);
 
   return {
     fields: top,
