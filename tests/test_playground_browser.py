@@ -180,6 +180,26 @@ def test_failed_jobs_show_their_422_at_the_field_or_the_error_with_the_request_i
     assert page.inner_text('.field[data-path="image_url"] .field-error') == ""  # the last run's errors only
 
 
+def test_leaving_a_running_request_resets_the_page_and_the_job_goes_on(server: LiveServer, page: Any) -> None:
+    open_playground(page, server, "test/echo")
+    page.fill('.field[data-path="image_url"] input.image-url', png_data_uri())
+    page.fill('.field[data-path="steps"] input[type=number]', "50")  # 5 s: long enough to leave mid-run
+    page.fill('.field[data-path="step_ms"] input[type=number]', "100")
+    page.click("#run")
+    page.wait_for_selector("#status-line:has-text('Running')")
+    request_id = status_line(page).rsplit(" ", 1)[-1]
+    page.click('#endpoint-list a[href="/playground/fal-ai/dwpose"]')
+    page.wait_for_selector("#endpoint-title:has-text('fal-ai/dwpose')")
+    assert page.url.endswith("/playground/fal-ai/dwpose")
+    assert page.locator("#timeline li").count() == 0 and page.is_hidden("#logs-wrap")
+    assert page.is_enabled("#run") and page.is_disabled("#cancel")
+    done = wait_completed(f"{server.url}/queue/test/echo/requests/{request_id}/status", headers=AUTH)
+    assert "error" not in done  # not cancelled: leaving the page is not a cancel
+    assert page.locator("#timeline li").count() == 0 and page.is_hidden("#result")
+    page.go_back()
+    page.wait_for_selector("#endpoint-title:has-text('test/echo')")
+
+
 @pytest.mark.parametrize("endpoint_id", FAL_ENDPOINTS)
 def test_endpoint_runs_from_the_playground(server: LiveServer, page: Any, endpoint_id: str) -> None:
     require_served(server, endpoint_id)

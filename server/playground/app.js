@@ -87,6 +87,13 @@ async function refreshReadiness() {
 function show(id) {
   const ep = state.endpoints.find((e) => e.id === id) || state.endpoints[0];
   if (!ep) return;
+  if (state.job) {
+    // Leaving a running request: it goes on in the queue; this page stops following it.
+    state.job.abort.abort();
+    state.job = null;
+    $("cancel").disabled = true;
+    $("run").removeAttribute("aria-busy");
+  }
   $("boot-error").hidden = !id || ep.id === id;
   $("boot-error").textContent = `There is no endpoint ${id} on this server; showing ${ep.id}.`;
   state.current = ep;
@@ -136,7 +143,7 @@ function showValidation(err) {
 }
 
 function addTimeline(status, extra = "") {
-  const t0 = state.job.startedAt;
+  const t0 = state.job ? state.job.startedAt : performance.now();
   const li = h(
     "li",
     { "data-status": status },
@@ -148,23 +155,22 @@ function addTimeline(status, extra = "") {
   return li;
 }
 
-function onStatus(event) {
-  const job = state.job;
+function onStatus(job, event) {
+  if (state.job !== job) return;
   const items = $("timeline").children;
   const lastItem = items[items.length - 1];
   const extra = event.status === "IN_QUEUE" ? ` position ${event.queue_position}` : "";
   if (!lastItem || lastItem.dataset.status !== event.status) addTimeline(event.status, extra);
   else lastItem.querySelector(".extra").textContent = extra;
-  setStatus(
+  const what =
     event.status === "IN_QUEUE"
       ? `In queue (position ${event.queue_position})`
       : event.status === "IN_PROGRESS"
         ? "Running…"
         : event.error
           ? `Finished with an error: ${event.error}`
-          : "Completed",
-    event.status.toLowerCase(),
-  );
+          : "Completed";
+  setStatus(`${what} · request id ${event.request_id}`, event.status.toLowerCase());
   for (const entry of event.logs || []) {
     $("logs-wrap").hidden = false;
     const time = (entry.timestamp || "").slice(11, 23);
@@ -182,15 +188,15 @@ function onStatus(event) {
 
 /** The status stream until COMPLETED; a dropped connection (server restart, proxy timeout) is
  * re-opened, since jobs survive restarts. */
-async function followStatus(statusUrl) {
+async function followStatus(job, statusUrl) {
   let last = null;
   for (let attempt = 0; !last || last.status !== "COMPLETED"; attempt++) {
     if (attempt) await new Promise((resolve) => setTimeout(resolve, RECONNECT_MS));
     try {
-      last = (await api.streamStatus(statusUrl, onStatus)) || last;
+      last = (await api.streamStatus(statusUrl, (event) => onStatus(job, event), job.abort.signal)) || last;
     } catch (err) {
       const clientError = err instanceof api.ApiError && err.status < 500;
-      if (clientError || attempt >= RECONNECT_TRIES) throw err;
+      if (clientError || job.abort.signal.aborted || attempt >= RECONNECT_TRIES) throw err;
     }
   }
   return last;
@@ -214,16 +220,18 @@ async function run(ev) {
   const input = form.values();
   state.lastInput = input;
   updateSnippet();
-  state.job = { startedAt: performance.now(), metrics: {}, inputs: form.images() };
+  const job = { startedAt: performance.now(), metrics: {}, inputs: form.images(), abort: new AbortController() };
+  state.job = job;
   $("run").disabled = true;
   try {
     setStatus("Submitting…");
     const submitted = await api.submit(endpoint.id, input);
-    Object.assign(state.job, { requestId: submitted.request_id, cancelUrl: submitted.cancel_url });
+    if (state.job !== job) return; // the user moved to another endpoint meanwhile
+    Object.assign(job, { requestId: submitted.request_id, cancelUrl: submitted.cancel_url });
     $("cancel").disabled = false;
     $("run").setAttribute("aria-busy", "true");
-    onStatus(submitted);
-    const last = await followStatus(submitted.status_url);
+    onStatus(job, submitted);
+    const last = await followStatus(job, submitted.status_url);
     $("cancel").disabled = true;
     if (last && last.error && last.error_type === "request_cancelled") {
       setStatus(`Cancelled · request id ${submitted.request_id}`, "cancelled");
@@ -231,19 +239,23 @@ async function run(ev) {
     }
     try {
       const output = await api.result(submitted.response_url);
-      renderResult(endpoint, output, submitted.request_id);
+      if (state.job === job) renderResult(job, output, submitted.request_id);
     } catch (err) {
+      if (state.job !== job) return;
       setStatus("Failed", "error");
       if (!showValidation(err)) showError(err, submitted.request_id);
     }
   } catch (err) {
+    if (state.job !== job) return;
     setStatus(err.status === 422 ? "Invalid input" : "Request failed", "error");
     if (!showValidation(err)) showError(err);
   } finally {
-    state.job = null;
-    $("cancel").disabled = true;
-    $("run").removeAttribute("aria-busy");
-    renderReadiness();
+    if (state.job === job) {
+      state.job = null;
+      $("cancel").disabled = true;
+      $("run").removeAttribute("aria-busy");
+      renderReadiness();
+    }
   }
 }
 
@@ -288,8 +300,8 @@ function figure(label, url, caption, download) {
   );
 }
 
-function renderResult(endpoint, output, requestId) {
-  const metrics = state.job.metrics || {};
+function renderResult(job, output, requestId) {
+  const metrics = job.metrics || {};
   const meta = [
     ["request id", requestId],
     ["inference_time", metrics.inference_time !== undefined ? `${metrics.inference_time.toFixed(3)} s` : "—"],
@@ -298,7 +310,7 @@ function renderResult(endpoint, output, requestId) {
   if (output && output.seed !== undefined) meta.push(["seed", String(output.seed)]);
   $("result-meta").replaceChildren(...meta.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
   const images = outputImages(output);
-  const inputs = state.job.inputs.map((img) => figure(`input: ${img.label}`, img.url, ""));
+  const inputs = job.inputs.map((img) => figure(`input: ${img.label}`, img.url, ""));
   const outputs = images.map((img) =>
     figure(`output: ${img.path}`, img.url, img.width ? `${img.width}×${img.height}` : "", img.file_name || "output"),
   );
