@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from server.app import create_app
 from server.config import Settings
 from server.routes.playground import ASSETS_PREFIX, STATIC_DIR
+from tests.support import browser
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(p for p in STATIC_DIR.rglob("*") if p.is_file())
@@ -23,7 +24,9 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
     return TestClient(create_app(Settings(data_dir=tmp_path_factory.mktemp("data"))))
 
 
-@pytest.mark.parametrize("path", ["/", "/playground/fal-ai/dwpose", "/playground/fal-ai/leffa/pose-transfer"])
+@pytest.mark.parametrize(
+    "path", ["/", "/playground", "/playground/fal-ai/dwpose", "/playground/fal-ai/leffa/pose-transfer"]
+)
 def test_page_is_served_at_root_and_per_endpoint(client: TestClient, path: str) -> None:
     r = client.get(path)
     assert r.status_code == 200
@@ -86,3 +89,11 @@ def test_wheel_ships_every_playground_file() -> None:
 def test_sample_images_are_small() -> None:
     samples = [p for p in SHIPPED if p.parent.name == "samples"]
     assert samples and all(p.stat().st_size < 20_000 for p in samples)
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [("true", pytest.fail.Exception), ("", pytest.skip.Exception)])
+def test_missing_chromium_skips_but_fails_in_ci(monkeypatch: pytest.MonkeyPatch, ci: str, outcome: type) -> None:
+    monkeypatch.setenv("CI", ci)
+    monkeypatch.setenv(browser.CHROMIUM_ENV, "/nonexistent/chromium")
+    with pytest.raises(outcome, match="Chromium|Playwright"), browser.chromium_context():
+        pass

@@ -27,6 +27,7 @@ def _index() -> FileResponse:
 
 
 @router.api_route("/", methods=["GET", "HEAD"])
+@router.api_route("/playground", methods=["GET", "HEAD"])
 def playground_home() -> FileResponse:
     return _index()
 
