@@ -51,7 +51,8 @@ function buildField(name, schema, path, required, ctx) {
   const plain = nonNull(schema);
   const bounds = kind === "number" ? boundsText(plain) : "";
   const help = [schema.description, bounds && `Range: ${bounds}.`].filter(Boolean).join(" ");
-  const control = CONTROLS[kind](name, schema, { id, path, describedBy: `${helpId} ${errorId}`, ctx });
+  const describedBy = help ? `${helpId} ${errorId}` : errorId;
+  const control = CONTROLS[kind](name, schema, { id, path, describedBy, ctx });
   const label = h(
     "label",
     { for: control.labelFor || id, id: `${id}-label` },
@@ -74,7 +75,6 @@ function buildField(name, schema, path, required, ctx) {
     schema,
     wrapper,
     control,
-    defaultValue: schema.default,
     value() {
       const value = control.get();
       if (value === undefined) return undefined;
@@ -99,7 +99,7 @@ function numberControl(name, schema, { id, describedBy }) {
     step: integer ? "1" : "any",
     min: plain.minimum,
     max: plain.maximum,
-    placeholder: plain === schema && schema.default !== undefined ? "" : name === "seed" ? "random" : "",
+    placeholder: name === "seed" ? "random" : undefined,
     "aria-describedby": describedBy,
   });
   let range = null;
