@@ -1,7 +1,8 @@
-"""Draw the playground's sample images (synthetic shapes, no photos): ``python scripts/make_playground_samples.py``.
+"""Make the playground's sample images: ``python scripts/make_playground_samples.py``.
 
-They only need to be valid images of plausible sizes for each endpoint's inputs; with ``--tiny``
-random weights any picture works, and with real weights users drop their own photos.
+``portrait.jpg`` is a crop of ``skimage.data.astronaut()`` (NASA's portrait of Eileen Collins, public
+domain, shipped with scikit-image): a real photo, so that real-weight face and pose models find someone.
+The others are drawn shapes (a figure, a T-shirt, a face) for the garment and extra inputs.
 """
 
 from __future__ import annotations
@@ -63,10 +64,18 @@ def face() -> Image.Image:
     return img
 
 
+def portrait() -> Image.Image:
+    from skimage import data
+
+    photo = Image.fromarray(data.astronaut()).crop((96, 0, 416, 400))  # head and shoulders
+    return photo.resize((240, 300), Image.Resampling.LANCZOS)
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     for name, draw in (("person", person), ("garment", garment), ("face", face)):
         draw().save(OUT / f"{name}.png", optimize=True)
+    portrait().save(OUT / "portrait.jpg", quality=85, optimize=True)
 
 
 if __name__ == "__main__":

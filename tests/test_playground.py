@@ -64,9 +64,11 @@ def test_every_local_reference_resolves_to_a_shipped_file() -> None:
         for target in re.findall(rf"{ASSETS_PREFIX}/([\w./-]+\.\w+)", text):
             assert (STATIC_DIR / target).is_file(), f"{path.name} references missing {target}"
             seen += 1
-    samples = re.findall(r'\["(\w+)", "(\w+)", "(\w+)"\]', (STATIC_DIR / "form.js").read_text())
-    for name in {n for group in samples for n in group}:
-        assert (STATIC_DIR / "samples" / f"{name}.png").is_file(), name
+    sample_files = re.search(r"const SAMPLE_FILES = \{(.*?)\};", (STATIC_DIR / "form.js").read_text())
+    assert sample_files
+    for name in re.findall(r'"([\w.-]+)"', sample_files.group(1)):
+        assert (STATIC_DIR / "samples" / name).is_file(), name
+        seen += 1
     assert seen >= 6
 
 
@@ -95,5 +97,5 @@ def test_sample_images_are_small() -> None:
 def test_missing_chromium_skips_but_fails_in_ci(monkeypatch: pytest.MonkeyPatch, ci: str, outcome: type) -> None:
     monkeypatch.setenv("CI", ci)
     monkeypatch.setenv(browser.CHROMIUM_ENV, "/nonexistent/chromium")
-    with pytest.raises(outcome, match="Chromium|Playwright"), browser.chromium_context():
+    with pytest.raises(outcome, match=r"Chromium|Playwright"), browser.chromium_context():
         pass

@@ -101,7 +101,7 @@ function show(id) {
   $("endpoint").hidden = false;
   $("endpoint-title").textContent = ep.id;
   $("endpoint-desc").textContent = ep.title;
-  state.form = buildForm($("fields"), ep.schema, ep.id);
+  state.form = buildForm($("fields"), ep.schema);
   clearRun();
   renderReadiness();
   updateSnippet();

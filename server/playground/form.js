@@ -23,11 +23,13 @@ export function h(tag, attrs = {}, ...children) {
 
 const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
 
+// Sample images shipped with the page (scripts/make_playground_samples.py).
+const SAMPLE_FILES = { portrait: "portrait.jpg", person: "person.png", garment: "garment.png", face: "face.png" };
+
 /** Sample order for an image field: the likeliest picture first. */
-function samplesFor(name, endpointId) {
-  if (/garment/.test(name)) return ["garment", "person", "face"];
-  if (/person|human|pose/.test(name) || !/portrait|pulid/.test(endpointId)) return ["person", "garment", "face"];
-  return ["face", "person", "garment"];
+function samplesFor(name) {
+  if (/garment/.test(name)) return ["garment", "portrait", "person", "face"];
+  return ["portrait", "person", "face", "garment"];
 }
 
 function boundsText(schema) {
@@ -327,7 +329,7 @@ function imageControl(name, schema, { id, describedBy, ctx }) {
     "div",
     { class: "samples" },
     h("span", { class: "muted" }, "Samples:"),
-    samplesFor(name, ctx.endpointId).map((sample) =>
+    samplesFor(name).map((sample) =>
       h(
         "button",
         {
@@ -336,11 +338,11 @@ function imageControl(name, schema, { id, describedBy, ctx }) {
           "data-sample": sample,
           "aria-label": `Use the sample ${sample} image`,
           onclick: async () => {
-            const blob = await (await fetch(`/playground-assets/samples/${sample}.png`)).blob();
-            take(new File([blob], `${sample}.png`, { type: "image/png" })).catch(() => {});
+            const blob = await (await fetch(`/playground-assets/samples/${SAMPLE_FILES[sample]}`)).blob();
+            take(new File([blob], SAMPLE_FILES[sample], { type: blob.type })).catch(() => {});
           },
         },
-        h("img", { src: `/playground-assets/samples/${sample}.png`, alt: "" }),
+        h("img", { src: `/playground-assets/samples/${SAMPLE_FILES[sample]}`, alt: "" }),
         sample,
       ),
     ),
@@ -437,8 +439,8 @@ const CONTROLS = {
 };
 
 /** Build the form for an input schema into ``container``. */
-export function buildForm(container, schema, endpointId = "") {
-  const ctx = { pending: new Set(), fields: [], endpointId };
+export function buildForm(container, schema) {
+  const ctx = { pending: new Set(), fields: [] };
   const required = new Set(schema.required || []);
   // Required fields first (in schema order), then the rest: what a user must fill in is on top.
   const entries = Object.entries(schema.properties || {});
