@@ -21,7 +21,7 @@ from server.janitor import janitor
 from server.limits import BodyLimitMiddleware
 from server.local_secrets import load_or_create_secret
 from server.proxy import FalProxyMiddleware
-from server.routes import files, ops, queue, run, storage
+from server.routes import files, ops, playground, queue, run, storage
 from server.store import open_store
 from server.waiting import JobEvents
 
@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(files.router)
     app.include_router(storage.router)
     app.include_router(ops.router)
+    app.include_router(playground.router)
 
     # Added last = outermost: CORS wraps everything (proxy errors and 413s included), then the proxy
     # rewrites the path before the body caps and the routes see it.
