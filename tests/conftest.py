@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.support.server_fixtures"]
+pytest_plugins = ["tests.support.server_fixtures", "tests.support.postgres"]
 
 
 @pytest.fixture(scope="session")

@@ -1,24 +1,35 @@
-"""The SQLite job store: queue order, batch claiming, cancel, deadlines, lease recovery, persistence."""
+"""The job store contract, on SQLite and on PostgreSQL: queue order, batch claiming, cancel, deadlines,
+lease recovery, persistence, concurrent claims."""
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from server.files import FileStore
-from server.store import Job, LogEntry, SQLiteJobStore
+from server.store import Job, JobStore, LogEntry, open_store
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'jobs.sqlite'}"
+    return request.getfixturevalue("postgres_url")
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SQLiteJobStore:
-    return SQLiteJobStore(tmp_path / "jobs.sqlite")
+def store(store_url: str) -> Iterator[JobStore]:
+    store = open_store(store_url)
+    yield store
+    store.close()
 
 
-def make(store: SQLiteJobStore, n: int, *, priority: str = "normal", key: int = 0, t0: float = 1000.0) -> list[Job]:
+def make(store: JobStore, n: int, *, priority: str = "normal", key: int = 0, t0: float = 1000.0) -> list[Job]:
     jobs = []
     for i in range(n):
         job = Job(id=f"{priority}-{key}-{i}-{t0}", endpoint="a/b", input={"k": key}, priority=priority,  # type: ignore[arg-type]
@@ -32,7 +43,7 @@ def by_key(inp: dict) -> int:
     return inp["k"]
 
 
-def test_normal_priority_before_low_and_fifo_within(store: SQLiteJobStore) -> None:
+def test_normal_priority_before_low_and_fifo_within(store: JobStore) -> None:
     low = make(store, 2, priority="low", t0=100.0)
     normal = make(store, 2, priority="normal", t0=200.0)
     assert store.queue_position(normal[0]) == 0
@@ -43,7 +54,7 @@ def test_normal_priority_before_low_and_fifo_within(store: SQLiteJobStore) -> No
     assert store.claim_batch("a/b", "w", by_key, 1, 30) == []
 
 
-def test_batch_claims_only_the_head_key_up_to_max_batch(store: SQLiteJobStore) -> None:
+def test_batch_claims_only_the_head_key_up_to_max_batch(store: JobStore) -> None:
     a = make(store, 3, key=1, t0=10.0)
     b = make(store, 2, key=2, t0=20.0)
     first = store.claim_batch("a/b", "w", by_key, 2, 30)
@@ -55,7 +66,7 @@ def test_batch_claims_only_the_head_key_up_to_max_batch(store: SQLiteJobStore) -
     assert all(store.get(j.id).status == "IN_PROGRESS" for j in a + b)
 
 
-def test_cancel_queued_is_immediate_running_is_requested_completed_is_refused(store: SQLiteJobStore) -> None:
+def test_cancel_queued_is_immediate_running_is_requested_completed_is_refused(store: JobStore) -> None:
     queued, running = make(store, 2)
     assert store.claim_batch("a/b", "w", by_key, 1, 30)[0].id == queued.id
     # `queued` is now running; make a fresh queued job
@@ -70,7 +81,7 @@ def test_cancel_queued_is_immediate_running_is_requested_completed_is_refused(st
     assert store.request_cancel("nope") == "NOT_FOUND"
 
 
-def test_complete_only_once(store: SQLiteJobStore) -> None:
+def test_complete_only_once(store: JobStore) -> None:
     (job,) = make(store, 1)
     assert not store.complete(job.id, result={"x": 1})  # not claimed yet
     store.claim_batch("a/b", "w", by_key, 1, 30)
@@ -80,7 +91,7 @@ def test_complete_only_once(store: SQLiteJobStore) -> None:
     assert got.result == {"x": 1} and got.metrics == {"batch_size": 1}
 
 
-def test_start_deadline_expires_queued_jobs(store: SQLiteJobStore) -> None:
+def test_start_deadline_expires_queued_jobs(store: JobStore) -> None:
     job = Job(id="d", endpoint="a/b", input={"k": 0}, start_deadline=time.time() - 1)
     keep = Job(id="k", endpoint="a/b", input={"k": 0}, start_deadline=time.time() + 60)
     store.create(job)
@@ -90,7 +101,7 @@ def test_start_deadline_expires_queued_jobs(store: SQLiteJobStore) -> None:
     assert store.get("k").status == "IN_QUEUE"
 
 
-def test_expired_lease_requeues_once_then_fails(store: SQLiteJobStore) -> None:
+def test_expired_lease_requeues_once_then_fails(store: JobStore) -> None:
     (job,) = make(store, 1)
     store.claim_batch("a/b", "w1", by_key, 1, lease_s=-1)  # lease already expired: the worker "died"
     assert store.start([job.id], "w1") == [job.id]
@@ -104,7 +115,7 @@ def test_expired_lease_requeues_once_then_fails(store: SQLiteJobStore) -> None:
     assert got.attempts == 2
 
 
-def test_heartbeat_keeps_lease(store: SQLiteJobStore) -> None:
+def test_heartbeat_keeps_lease(store: JobStore) -> None:
     (job,) = make(store, 1)
     store.claim_batch("a/b", "w", by_key, 1, lease_s=0.2)
     store.heartbeat([job.id], lease_s=60)
@@ -112,7 +123,7 @@ def test_heartbeat_keeps_lease(store: SQLiteJobStore) -> None:
     assert store.recover_expired_leases(max_attempts=2) == []
 
 
-def test_logs_in_order_and_incremental(store: SQLiteJobStore) -> None:
+def test_logs_in_order_and_incremental(store: JobStore) -> None:
     (job,) = make(store, 1)
     for i in range(5):
         store.append_log(job.id, LogEntry(f"line {i}"))
@@ -120,30 +131,28 @@ def test_logs_in_order_and_incremental(store: SQLiteJobStore) -> None:
     assert [e.message for e in store.logs(job.id, since=3)] == ["line 3", "line 4"]
 
 
-def test_jobs_survive_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "jobs.sqlite"
-    store = SQLiteJobStore(path)
+def test_jobs_survive_reopen(store_url: str) -> None:
+    store = open_store(store_url)
     make(store, 3)
     store.close()
-    again = SQLiteJobStore(path)
+    again = open_store(store_url)
     assert again.queue_depths() == {"a/b": 3}
+    again.close()
 
 
-def _claim_all(path: str, worker: str, out: mp.Queue) -> None:
-    store = SQLiteJobStore(path)
+def _claim_all(url: str, worker: str, out: mp.Queue) -> None:
+    store = open_store(url)
     claimed = []
     while batch := store.claim_batch("a/b", worker, by_key, 3, 30):
         claimed += [j.id for j in batch]
     out.put(claimed)
 
 
-def test_concurrent_workers_never_claim_a_job_twice(tmp_path: Path) -> None:
-    path = tmp_path / "jobs.sqlite"
-    store = SQLiteJobStore(path)
+def test_concurrent_workers_never_claim_a_job_twice(store: JobStore, store_url: str) -> None:
     ids = {j.id for j in make(store, 120)}
     ctx = mp.get_context("spawn")
     out: mp.Queue = ctx.Queue()
-    procs = [ctx.Process(target=_claim_all, args=(str(path), f"w{i}", out)) for i in range(3)]
+    procs = [ctx.Process(target=_claim_all, args=(store_url, f"w{i}", out)) for i in range(3)]
     for p in procs:
         p.start()
     claimed = [out.get(timeout=60) for _ in procs]
@@ -154,7 +163,7 @@ def test_concurrent_workers_never_claim_a_job_twice(tmp_path: Path) -> None:
     assert set(flat) == ids
 
 
-def test_claimed_but_unstarted_jobs_cost_no_attempt_and_can_be_released(store: SQLiteJobStore) -> None:
+def test_claimed_but_unstarted_jobs_cost_no_attempt_and_can_be_released(store: JobStore) -> None:
     a, b = make(store, 2)
     store.claim_batch("a/b", "w", by_key, 2, lease_s=-1)  # a prefetch whose worker died before running it
     for _ in range(3):  # re-queued as often as it happens: never ran, never failed
@@ -167,7 +176,7 @@ def test_claimed_but_unstarted_jobs_cost_no_attempt_and_can_be_released(store: S
     assert store.queue_depths() == {"a/b": 2}
 
 
-def test_start_expires_a_prefetched_job_past_its_deadline(store: SQLiteJobStore) -> None:
+def test_start_expires_a_prefetched_job_past_its_deadline(store: JobStore) -> None:
     late = Job(id="late", endpoint="a/b", input={"k": 0}, start_deadline=time.time() + 0.2)
     store.create(late)
     store.claim_batch("a/b", "w", by_key, 1, 30)
@@ -179,7 +188,7 @@ def test_start_expires_a_prefetched_job_past_its_deadline(store: SQLiteJobStore)
     assert store.claim_batch("a/b", "w", by_key, 1, 30) == []
 
 
-def test_only_the_owning_worker_completes_or_heartbeats(store: SQLiteJobStore) -> None:
+def test_only_the_owning_worker_completes_or_heartbeats(store: JobStore) -> None:
     (job,) = make(store, 1)
     store.claim_batch("a/b", "w1", by_key, 1, lease_s=-1)
     store.start([job.id], "w1")

@@ -149,3 +149,15 @@ TIMEOUT_ERROR = {
     "detail": "Request timed out before it started (X-Fal-Request-Timeout)",
     "error_type": "request_timeout",
 }
+
+
+def runner_disconnected_error(max_attempts: int) -> dict[str, Any]:
+    """The error of a job whose worker died ``max_attempts`` times while running it.
+
+    500, not fal's 503: the job is over, and both clients would re-submit a run on a 503, re-running the
+    input that just killed the worker."""
+    return {
+        "status_code": 500,
+        "detail": f"The worker running this request stopped responding {max_attempts} times; giving up",
+        "error_type": "runner_disconnected",
+    }

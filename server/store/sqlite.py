@@ -25,6 +25,7 @@ from server.store.base import (
     LogEntry,
     PipelineState,
     WebhookDelivery,
+    runner_disconnected_error,
 )
 
 SCHEMA = """
@@ -486,13 +487,7 @@ class SQLiteJobStore:
     def recover_expired_leases(self, max_attempts: int, now: float | None = None) -> list[str]:
         """Jobs of a dead worker (lease expired): re-queue if attempts remain, else fail them."""
         now = time.time() if now is None else now
-        # 500, not fal's 503: the job is over, and both clients would re-submit a run on a 503, re-running
-        # the input that just killed the worker.
-        failed_error = {
-            "status_code": 500,
-            "detail": f"The worker running this request stopped responding {max_attempts} times; giving up",
-            "error_type": "runner_disconnected",
-        }
+        failed_error = runner_disconnected_error(max_attempts)
         with self._write() as db:
             rows = db.execute(
                 "SELECT id, attempts FROM jobs WHERE status = 'IN_PROGRESS' AND lease_until < ?", (now,)
