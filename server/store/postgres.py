@@ -85,8 +85,16 @@ class PostgresJobStore:
 
         self.url = url
         upgrade(url)
+        # check: a connection is tested when taken from the pool, so a database restart costs the callers
+        # of that moment an error, not every pooled connection one failure later
         self.pool = ConnectionPool(
-            url, min_size=min_size, max_size=max_size, kwargs={"row_factory": dict_row}, open=True, name="fal-onprem"
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs={"row_factory": dict_row},
+            check=ConnectionPool.check_connection,
+            open=True,
+            name="fal-onprem",
         )
 
     @classmethod
