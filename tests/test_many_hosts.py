@@ -51,7 +51,8 @@ def worker(store_url: str, data_dir: Path, log: Path) -> subprocess.Popen[bytes]
 def cluster(postgres_server: PostgresServer, tmp_path: Path) -> Iterator[tuple[list[LiveServer], list, str]]:
     url = postgres_server.create_database()
     env = {"FAL_ONPREM_PIPELINES": only_echo()}
-    apis = [LiveServer(tmp_path, extra_args=["--no-worker", "--store-url", url], wait_for=(), env=env) for _ in range(2)]
+    args = ["--no-worker", "--store-url", url]
+    apis = [LiveServer(tmp_path, extra_args=args, wait_for=(), env=env) for _ in range(2)]
     for api in apis:
         api.start()
     workers = [worker(url, tmp_path, tmp_path / f"worker-{i}.log") for i in range(3)]

@@ -92,23 +92,20 @@ def upgrade(url: str) -> list[int]:
     import psycopg
 
     applied: list[int] = []
-    with psycopg.connect(url) as conn:
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK,))
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
-                "description TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-            )
-            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-            for version, description, sql in MIGRATIONS:
-                if version in done:
-                    continue
-                conn.execute(sql)
-                conn.execute(
-                    "INSERT INTO schema_migrations (version, description) VALUES (%s, %s)", (version, description)
-                )
-                log.info("store schema: applied migration %d (%s)", version, description)
-                applied.append(version)
+    with psycopg.connect(url) as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK,))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+            "description TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        for version, description, sql in MIGRATIONS:
+            if version in done:
+                continue
+            conn.execute(sql)
+            conn.execute("INSERT INTO schema_migrations (version, description) VALUES (%s, %s)", (version, description))
+            log.info("store schema: applied migration %d (%s)", version, description)
+            applied.append(version)
     return applied
 
 

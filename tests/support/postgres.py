@@ -31,7 +31,9 @@ def pg_bin(name: str) -> str | None:
 
 def unavailable_reason() -> str | None:
     missing = [b for b in ("initdb", "pg_ctl", "postgres") if pg_bin(b) is None]
-    return f"PostgreSQL server binaries not found ({', '.join(missing)}): apt-get install postgresql" if missing else None
+    if not missing:
+        return None
+    return f"PostgreSQL server binaries not found ({', '.join(missing)}): apt-get install postgresql"
 
 
 class PostgresServer:
