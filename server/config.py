@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     fetch_timeout_s: float = 30.0
     job_lease_s: float = 30.0
     max_attempts: int = 2
+    max_running_per_key: int | None = Field(
+        default=None,
+        description="Most jobs of one API key running at once (over all workers); the rest wait queued. None: no cap.",
+    )
     max_batch_run_s: float = 3600.0
     file_ttl_s: float | None = None
     webhook_max_attempts: int = Field(default=10, description="Delivery attempts before a webhook is given up.")

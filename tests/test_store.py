@@ -213,3 +213,15 @@ def test_file_sweep_removes_only_expired_stored_files(tmp_path: Path) -> None:
     assert files.open(old.key, old.name) is None
     assert files.open(new.key, new.name) is not None
     assert (tmp_path / "files" / "not-a-key").is_dir()
+
+
+def test_running_jobs_per_api_key_are_capped_and_the_rest_wait_in_order(store: JobStore) -> None:
+    for i, key in enumerate(["A", "A", "B", "A", None]):
+        store.create(Job(id=f"{key}{i}", endpoint="a/b", input={"k": 0}, key_id=key, created_at=100.0 + i))
+    first = store.claim_batch("a/b", "w", by_key, 8, 30, max_running_per_key=1)
+    assert [j.id for j in first] == ["A0", "B2", "None4"]  # one per key; jobs without a key are not capped
+    assert store.claim_batch("a/b", "w", by_key, 8, 30, max_running_per_key=1) == []
+    store.start(["A0"], "w")
+    assert store.complete("A0", result={}, worker_id="w")
+    assert [j.id for j in store.claim_batch("a/b", "w", by_key, 8, 30, max_running_per_key=1)] == ["A1"]
+    assert store.queue_depths() == {"a/b": 1}  # A3 still queued, never refused

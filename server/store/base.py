@@ -97,6 +97,7 @@ class JobStore(Protocol):
         key_fn: Callable[[dict[str, Any]], Hashable],
         max_batch: int,
         lease_s: float,
+        max_running_per_key: int | None = None,
     ) -> list[Job]: ...
     def oldest_queued(self, endpoint: str) -> tuple[float | None, int]: ...
     def start(self, job_ids: list[str], worker_id: str) -> list[str]: ...
@@ -161,3 +162,24 @@ def runner_disconnected_error(max_attempts: int) -> dict[str, Any]:
         "detail": f"The worker running this request stopped responding {max_attempts} times; giving up",
         "error_type": "runner_disconnected",
     }
+
+
+def within_key_cap(queued: list[Job], running: dict[str, int], cap: int) -> list[Job]:
+    """The queued jobs (in queue order) that may start without any API key exceeding ``cap`` running jobs."""
+    counts = dict(running)
+    allowed = []
+    for job in queued:
+        if job.key_id is not None:
+            if counts.get(job.key_id, 0) >= cap:
+                continue
+            counts[job.key_id] = counts.get(job.key_id, 0) + 1
+        allowed.append(job)
+    return allowed
+
+
+def head_batch(queued: list[Job], key_fn: Callable[[dict[str, Any]], Hashable], max_batch: int) -> list[Job]:
+    """The first queued job plus the following ones with its batch key, up to ``max_batch``."""
+    if not queued:
+        return []
+    head_key = key_fn(queued[0].input)
+    return ([queued[0]] + [j for j in queued[1:] if key_fn(j.input) == head_key])[:max_batch]

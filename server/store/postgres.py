@@ -24,7 +24,9 @@ from server.store.base import (
     LogEntry,
     PipelineState,
     WebhookDelivery,
+    head_batch,
     runner_disconnected_error,
+    within_key_cap,
 )
 from server.store.migrations import upgrade
 
@@ -233,14 +235,19 @@ class PostgresJobStore:
         key_fn: Callable[[dict[str, Any]], Hashable],
         max_batch: int,
         lease_s: float,
+        max_running_per_key: int | None = None,
     ) -> list[Job]:
         """The head of the queue plus up to ``max_batch - 1`` jobs with its batch key, in one transaction.
 
         Candidates are locked with SKIP LOCKED (rows another worker is claiming are passed over, never
-        waited for); those not chosen are unlocked at commit. Order: (priority, created).
+        waited for); those not chosen are unlocked at commit. Order: (priority, created). With
+        ``max_running_per_key``, claims of the endpoint take turns (an advisory lock) so that two workers
+        cannot both start a key's last allowed job.
         """
         now = time.time()
         with self.pool.connection() as conn, conn.transaction():
+            if max_running_per_key is not None:
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"claim:{endpoint}",))
             rows = conn.execute(
                 f"SELECT {_JOB_COLUMNS} FROM jobs WHERE endpoint = %s AND status = 'IN_QUEUE' "
                 "AND (start_deadline IS NULL OR start_deadline >= %s OR attempts > 0) "
@@ -248,10 +255,15 @@ class PostgresJobStore:
                 (endpoint, now, max(64, max_batch * 8)),
             ).fetchall()
             jobs = [_job(r) for r in rows]
-            if not jobs:
+            if max_running_per_key is not None:
+                running = conn.execute(
+                    "SELECT key_id, COUNT(*) AS n FROM jobs WHERE status = 'IN_PROGRESS' AND key_id IS NOT NULL "
+                    "GROUP BY key_id"
+                ).fetchall()
+                jobs = within_key_cap(jobs, {r["key_id"]: r["n"] for r in running}, max_running_per_key)
+            chosen = head_batch(jobs, key_fn, max_batch)
+            if not chosen:
                 return []
-            head_key = key_fn(jobs[0].input)
-            chosen = ([jobs[0]] + [j for j in jobs[1:] if key_fn(j.input) == head_key])[:max_batch]
             conn.execute(
                 "UPDATE jobs SET status = 'IN_PROGRESS', worker_id = %s, lease_until = %s WHERE id = ANY(%s)",
                 (worker_id, now + lease_s, [j.id for j in chosen]),

@@ -25,7 +25,9 @@ from server.store.base import (
     LogEntry,
     PipelineState,
     WebhookDelivery,
+    head_batch,
     runner_disconnected_error,
+    within_key_cap,
 )
 
 SCHEMA = """
@@ -335,8 +337,12 @@ class SQLiteJobStore:
         key_fn: Callable[[dict[str, Any]], Hashable],
         max_batch: int,
         lease_s: float,
+        max_running_per_key: int | None = None,
     ) -> list[Job]:
         """Claim the head of the endpoint's queue plus up to ``max_batch - 1`` jobs with its batch key.
+
+        With ``max_running_per_key``, jobs of an API key that already has that many running are passed over
+        (they stay queued, in order, for a later claim).
 
         Order is (priority, created): ``normal`` before ``low``, FIFO within. A claim only leases the jobs
         to the worker (they show IN_PROGRESS); ``start`` marks when they really start running, so a
@@ -351,11 +357,15 @@ class SQLiteJobStore:
                 (endpoint, now, max(64, max_batch * 8)),
             ).fetchall()
             jobs = [_row_to_job(r) for r in rows]
-            if not jobs:
+            if max_running_per_key is not None:
+                running = db.execute(
+                    "SELECT key_id, COUNT(*) FROM jobs WHERE status = 'IN_PROGRESS' AND key_id IS NOT NULL "
+                    "GROUP BY key_id"
+                ).fetchall()
+                jobs = within_key_cap(jobs, {r[0]: r[1] for r in running}, max_running_per_key)
+            chosen = head_batch(jobs, key_fn, max_batch)
+            if not chosen:
                 return []
-            head_key = key_fn(jobs[0].input)
-            chosen = [jobs[0]] + [j for j in jobs[1:] if key_fn(j.input) == head_key]
-            chosen = chosen[:max_batch]
             for job in chosen:
                 db.execute(
                     "UPDATE jobs SET status = 'IN_PROGRESS', worker_id = ?, lease_until = ? "

@@ -153,7 +153,12 @@ class Worker:
                     return ("invalid",)
 
             jobs = self.store.claim_batch(
-                loaded.endpoint, self.worker_id, key_fn, loaded.max_batch, self.settings.job_lease_s
+                loaded.endpoint,
+                self.worker_id,
+                key_fn,
+                loaded.max_batch,
+                self.settings.job_lease_s,
+                max_running_per_key=self.settings.max_running_per_key,
             )
             if jobs:
                 with self._active_lock:
