@@ -36,6 +36,17 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Path("data")
     store_url: str | None = Field(default=None, description="sqlite:///path (default: <data_dir>/jobs.sqlite)")
+    secrets_dir: Path | None = Field(
+        default=None,
+        description="Folder of the HMAC and webhook signing keys (default: data_dir). API replicas on several "
+        "hosts must share them: mount one folder (e.g. a Kubernetes Secret) on every replica.",
+    )
+    files_url: str | None = Field(
+        default=None,
+        description="Where outputs and uploads are stored: unset = <data_dir>/files on the local disk (or a "
+        "filesystem shared by every host); s3://bucket/prefix = an S3-compatible bucket (API replicas on many hosts).",
+    )
+    s3_endpoint_url: str | None = Field(default=None, description="S3-compatible service URL (MinIO, Ceph...).")
     weights_dir: Path = Path("weights")
     weights_source: Literal["real", "tiny", "random_full"] = "real"
     seed: int = 0
@@ -83,6 +94,10 @@ class Settings(BaseSettings):
     @cached_property
     def resolved_store_url(self) -> str:
         return self.store_url or f"sqlite:///{(self.data_dir / 'jobs.sqlite').resolve()}"
+
+    @property
+    def secrets_path(self) -> Path:
+        return self.secrets_dir or self.data_dir
 
     @property
     def files_dir(self) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.support.server_fixtures", "tests.support.postgres"]
+pytest_plugins = ["tests.support.server_fixtures", "tests.support.postgres", "tests.support.s3"]
 
 
 @pytest.fixture(scope="session")

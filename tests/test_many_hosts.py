@@ -1,4 +1,5 @@
-"""Many hosts, simulated on loopback: two API processes and three workers on one PostgreSQL store.
+"""Many hosts, simulated on loopback: two API processes and three workers on one PostgreSQL store and one
+S3-compatible bucket, each process with its own data dir (as on separate hosts) and the shared secrets.
 
 Clients spread 1000 jobs over both APIs; one worker is SIGKILLed mid-run and PostgreSQL restarts mid-run.
 Every job completes with its result, none is lost, none runs twice except those the killed worker held
@@ -23,6 +24,7 @@ import pytest
 from pipelines import registry
 from tests.support.live_server import ECHO_MODULE, REPO, LiveServer
 from tests.support.postgres import PostgresServer
+from tests.support.s3 import Bucket
 from tests.support.server_fixtures import png_data_uri
 
 N = 1000
@@ -34,9 +36,10 @@ def only_echo() -> str:
     return json.dumps({e: {"enabled": False} for e in registry.endpoints() if e != APP} | {APP: {"max_wait_ms": 20}})
 
 
-def worker(store_url: str, data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
+def worker(store_url: str, data_dir: Path, log: Path, host_env: dict[str, str]) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
+        **host_env,
         "PYTHONPATH": str(REPO),
         "FAL_ONPREM_PIPELINE_MODULES": ECHO_MODULE,
         "FAL_ONPREM_PIPELINES": only_echo(),
@@ -48,14 +51,20 @@ def worker(store_url: str, data_dir: Path, log: Path) -> subprocess.Popen[bytes]
 
 
 @pytest.fixture
-def cluster(postgres_server: PostgresServer, tmp_path: Path) -> Iterator[tuple[list[LiveServer], list, str]]:
+def cluster(
+    postgres_server: PostgresServer, s3_bucket: Bucket, tmp_path: Path
+) -> Iterator[tuple[list[LiveServer], list, str]]:
     url = postgres_server.create_database()
-    env = {"FAL_ONPREM_PIPELINES": only_echo()}
+    host_env = {**s3_bucket.env(), "FAL_ONPREM_SECRETS_DIR": str(tmp_path / "secrets")}
+    env = {**host_env, "FAL_ONPREM_PIPELINES": only_echo()}
     args = ["--no-worker", "--store-url", url]
-    apis = [LiveServer(tmp_path, extra_args=args, wait_for=(), env=env) for _ in range(2)]
+    apis = []
+    for i in range(2):
+        (tmp_path / f"api-{i}").mkdir()
+        apis.append(LiveServer(tmp_path / f"api-{i}", extra_args=args, wait_for=(), env=env))
     for api in apis:
         api.start()
-    workers = [worker(url, tmp_path, tmp_path / f"worker-{i}.log") for i in range(3)]
+    workers = [worker(url, tmp_path / f"worker-{i}", tmp_path / f"worker-{i}.log", host_env) for i in range(3)]
     try:
         yield apis, workers, url
     finally:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from server.files import FileStore
 from server.store import Job, JobStore, LogEntry, open_store
 
 
@@ -200,19 +199,6 @@ def test_only_the_owning_worker_completes_or_heartbeats(store: JobStore) -> None
     assert not store.complete(job.id, result={"by": "w1"}, worker_id="w1")
     assert store.complete(job.id, result={"by": "w2"}, worker_id="w2")
     assert store.get(job.id).result == {"by": "w2"}
-
-
-def test_file_sweep_removes_only_expired_stored_files(tmp_path: Path) -> None:
-    files = FileStore(tmp_path / "files")
-    old = files.save(b"old", "text/plain", "old.txt")
-    new = files.save(b"new", "text/plain", "new.txt")
-    (tmp_path / "files" / "not-a-key").mkdir()
-    past = time.time() - 3600
-    os.utime(old.path.parent, (past, past))
-    assert files.sweep(older_than_s=600) == 1
-    assert files.open(old.key, old.name) is None
-    assert files.open(new.key, new.name) is not None
-    assert (tmp_path / "files" / "not-a-key").is_dir()
 
 
 def test_running_jobs_per_api_key_are_capped_and_the_rest_wait_in_order(store: JobStore) -> None:

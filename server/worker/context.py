@@ -10,7 +10,7 @@ from typing import Any
 
 from pipelines.common.image_io import encode_image, to_pil
 from pipelines.contract import BatchCancelled
-from server.files import FileStore
+from server.files import Files
 from server.store import Job, JobStore, LogEntry
 
 log = logging.getLogger("fal_onprem.worker")
@@ -25,7 +25,7 @@ def choose_seed(inp: dict[str, Any]) -> int:
 
 
 class BatchContext:
-    def __init__(self, store: JobStore, files: FileStore, jobs: list[Job]) -> None:
+    def __init__(self, store: JobStore, files: Files, jobs: list[Job]) -> None:
         self.store = store
         self.files = files
         self.jobs = jobs

@@ -23,7 +23,7 @@ from pipelines import registry
 from pipelines.contract import BatchCancelled, ItemError, Pipeline, Prepared, WeightSource
 from server.config import Settings
 from server.errors import validation_detail
-from server.files import FileStore
+from server.files import open_file_store
 from server.store import Job, JobStore, PipelineState, open_store
 from server.store.base import CANCELLED_ERROR
 from server.worker.context import BatchContext
@@ -66,7 +66,7 @@ class Worker:
         self.device = device
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{device}"
         self.store: JobStore = open_store(settings.resolved_store_url)
-        self.files = FileStore(settings.files_dir)
+        self.files = open_file_store(settings.files_url, settings.files_dir, settings.s3_endpoint_url)
         self.load_image = make_image_loader(settings, self.files)
         self.loaded: dict[str, Loaded] = {}
         self.stop_event = threading.Event()
