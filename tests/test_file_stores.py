@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from server.files import FileStore, Files, open_file_store
+from server.files import Files, FileStore, open_file_store
 from tests.support.s3 import Bucket
 
 

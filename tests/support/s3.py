@@ -23,9 +23,10 @@ class Bucket:
 
     def env(self, prefix: str = "fal") -> dict[str, str]:
         """What a server process needs to use this bucket as its file store."""
-        return {**CREDENTIALS, "FAL_ONPREM_FILES_URL": self.files_url(prefix), "FAL_ONPREM_S3_ENDPOINT_URL": self.endpoint_url}
+        files = {"FAL_ONPREM_FILES_URL": self.files_url(prefix), "FAL_ONPREM_S3_ENDPOINT_URL": self.endpoint_url}
+        return {**CREDENTIALS, **files}
 
-    def client(self):  # noqa: ANN201 (boto3 client)
+    def client(self):
         import boto3
 
         return boto3.client("s3", endpoint_url=self.endpoint_url, **_boto_credentials())
