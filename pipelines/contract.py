@@ -137,6 +137,8 @@ class Pipeline:
     Output: ClassVar[type[BaseModel]]
     max_batch: ClassVar[int] = 1
     max_wait_ms: ClassVar[int] = 0
+    gpu_dtype: ClassVar[Dtype] = "float32"
+    """The dtype the worker loads the pipeline in on a CUDA device unless configured otherwise (CPU: float32)."""
 
     def batch_key(self, inp: BaseModel) -> Hashable:
         """Jobs with equal keys may share one batch. Default: all jobs of the endpoint."""
@@ -164,6 +166,17 @@ class Pipeline:
     def row_bytes(self, inp: BaseModel) -> int:
         """Peak activation memory one batch row of this input adds while it runs; 0 when unknown."""
         return 0
+
+    @classmethod
+    def expected_resident_bytes(cls, source: WeightSource, dtype: Dtype = "float32") -> int:
+        """``resident_bytes`` before loading (e.g. the manifest's sizes at ``dtype``), so the worker can make
+        room first; 0 when unknown (the worker then measures after loading)."""
+        return 0
+
+    def move_to(self, device: str) -> None:
+        """Move the weights to ``device`` ("cpu" when evicted, the worker's device when needed again).
+        Raise NotImplementedError when the pipeline cannot: the worker then unloads it instead."""
+        raise NotImplementedError
 
 
 Result = BaseModel | ItemError

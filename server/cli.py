@@ -211,7 +211,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
     worker.load_pipelines()
-    ready = sorted(worker.loaded)
+    ready = sorted(e for e, loaded in worker.loaded.items() if not loaded.failed)
     log.info("worker %s ready: %s", worker.worker_id, ", ".join(ready) or "no pipeline")
     worker.serve_forever()
     return 0

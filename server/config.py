@@ -24,6 +24,8 @@ class PipelineSettings(BaseModel):
     max_batch: int | None = None
     max_wait_ms: int | None = None
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
+    max_inference_steps: int | None = Field(default=None, description="Cap on num_inference_steps (422 above it).")
+    max_image_area: int | None = Field(default=None, description="Cap on image_size width x height, in pixels.")
 
 
 class Settings(BaseSettings):
@@ -69,6 +71,13 @@ class Settings(BaseSettings):
         description="Most jobs of one API key running at once (over all workers); the rest wait queued. None: no cap.",
     )
     max_batch_run_s: float = 3600.0
+    max_inference_steps: int = Field(default=100, description="Default cap on num_inference_steps per request.")
+    max_image_area: int = Field(default=2048 * 2048, description="Default cap on image_size width x height.")
+    gpu_memory_budget: str | None = Field(
+        default=None,
+        description="Device memory a worker may use for pipelines and rows (e.g. 20GiB); default: the device's "
+        "free memory minus a margin on CUDA, unlimited on CPU.",
+    )
     file_ttl_s: float | None = None
     webhook_max_attempts: int = Field(default=10, description="Delivery attempts before a webhook is given up.")
     webhook_backoff_base_s: float = Field(
@@ -109,6 +118,13 @@ class Settings(BaseSettings):
 
     def pipeline(self, endpoint_id: str) -> PipelineSettings:
         return self.pipelines.get(endpoint_id, PipelineSettings())
+
+    def caps(self, endpoint_id: str) -> tuple[int, int]:
+        """(max num_inference_steps, max image area in pixels) for an endpoint."""
+        cfg = self.pipeline(endpoint_id)
+        steps = self.max_inference_steps if cfg.max_inference_steps is None else cfg.max_inference_steps
+        area = self.max_image_area if cfg.max_image_area is None else cfg.max_image_area
+        return steps, area
 
 
 class _TomlSource(PydanticBaseSettingsSource):

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from pipelines.common.schema_types import IMAGE_SIZE_PRESETS, ImageSize, resolve_image_size
 from pipelines.contract import EndpointSpec
 from server.errors import FalError
 from server.store import Job, JobStore, LogEntry
@@ -82,6 +83,32 @@ def ensure_available(spec: EndpointSpec, store: JobStore, enabled: bool = True) 
         raise FalError(503, f"{spec.endpoint_id} is unavailable: {live[0].reason}", "pipeline_unavailable")
 
 
+def check_caps(body: BaseModel, caps: tuple[int, int]) -> None:
+    """422 naming the field when a request asks for more steps or pixels than this server allows (one request
+    must not hold a GPU for an hour). Only fields the endpoint has are checked."""
+    max_steps, max_area = caps
+    errors = []
+    steps = getattr(body, "num_inference_steps", None)
+    if isinstance(steps, int) and steps > max_steps:
+        errors.append({
+            "loc": ["body", "num_inference_steps"],
+            "msg": f"must be at most {max_steps} on this server",
+            "type": "less_than_equal",
+            "ctx": {"le": max_steps},
+        })  # fmt: skip
+    size = getattr(body, "image_size", None)
+    if isinstance(size, ImageSize) or (isinstance(size, str) and size in IMAGE_SIZE_PRESETS):
+        width, height = resolve_image_size(size)
+        if width * height > max_area:
+            errors.append({
+                "loc": ["body", "image_size"],
+                "msg": f"width x height must be at most {max_area} pixels on this server (got {width}x{height})",
+                "type": "value_error",
+            })  # fmt: skip
+    if errors:
+        raise FalError(422, errors, "validation_error")
+
+
 def submit(
     store: JobStore,
     spec: EndpointSpec,
@@ -93,7 +120,10 @@ def submit(
     start_timeout: str | None,
     webhook_url: str | None,
     enabled: bool = True,
+    caps: tuple[int, int] | None = None,
 ) -> Job:
+    if caps is not None:  # a request this server refuses is a 422, like any invalid field, whatever the load
+        check_caps(body, caps)
     ensure_available(spec, store, enabled)
     timeout = parse_start_timeout(start_timeout)
     now = time.time()

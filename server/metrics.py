@@ -16,11 +16,26 @@ from server.store import JobStore
 
 SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+ROWS_BUCKETS = BATCH_BUCKETS
 HISTOGRAMS = (
     ("queue_time", "fal_onprem_queue_wait_seconds", "Time from submit to start", SECONDS_BUCKETS),
     ("inference_time", "fal_onprem_run_seconds", "Run time of the batch a request ran in", SECONDS_BUCKETS),
     ("batch_size", "fal_onprem_batch_size", "Size of the batch a request ran in", BATCH_BUCKETS),
+    (
+        "admission_wait",
+        "fal_onprem_admission_wait_seconds",
+        "Time from submit to a request's first denoising step (stepwise pipelines)",
+        SECONDS_BUCKETS,
+    ),
 )
+# Numbers the workers report themselves (server/worker/stats.py): name -> (metric, kind, help).
+WORKER_GAUGES = {
+    "pipeline_resident": ("fal_onprem_pipeline_resident", "gauge", "1 while the pipeline's weights are on the device"),
+    "pipeline_memory_bytes": ("fal_onprem_pipeline_memory_bytes", "gauge", "Device memory a resident pipeline holds"),
+    "pipeline_loads": ("fal_onprem_pipeline_loads", "counter", "Pipeline loads onto the device"),
+    "pipeline_evictions": ("fal_onprem_pipeline_evictions", "counter", "Pipelines evicted to make room for another"),
+}
+WORKER_HISTOGRAMS = (("rows_per_step", "fal_onprem_rows_per_step", "Batch rows in each denoising step", ROWS_BUCKETS),)
 
 
 class StoreCollector(Collector):
@@ -67,6 +82,29 @@ class StoreCollector(Collector):
                 if value is not None:
                     gpu.add_metric([row["worker_id"], kind], float(value))
         yield gpu
+        yield from self.worker_metrics()
+
+    def worker_metrics(self) -> Iterator[Metric]:
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
+        for name, (metric, kind, doc) in WORKER_GAUGES.items():
+            family = GaugeMetricFamily if kind == "gauge" else CounterMetricFamily
+            families[name] = family(metric, doc, labels=["endpoint", "worker"])
+        budget = GaugeMetricFamily(
+            "fal_onprem_gpu_memory_budget_bytes", "A worker's GPU memory budget (pipelines + rows)", labels=["worker"]
+        )
+        for worker, name, endpoint, value in self.store.worker_gauges():
+            if name == "gpu_memory_budget_bytes":
+                budget.add_metric([worker], value)
+            elif name in families:
+                families[name].add_metric([endpoint, worker], value)
+        yield from families.values()
+        yield budget
+        for name, metric, doc, buckets in WORKER_HISTOGRAMS:
+            hist = HistogramMetricFamily(metric, doc, labels=["endpoint"])
+            for endpoint, counts, total, n in self.store.worker_histograms(name):
+                le = [(str(float(b)), c) for b, c in zip(buckets, counts, strict=True)] + [("+Inf", n)]
+                hist.add_metric([endpoint], le, total)
+            yield hist
 
 
 def render_metrics(store: JobStore) -> tuple[bytes, str]:

@@ -126,11 +126,11 @@ def test_unknown_request_and_endpoint(live_server: LiveServer) -> None:
 
 
 def test_not_yet_built_pipeline_answers_503(live_server: LiveServer) -> None:
-    body = {"human_image_url": png_data_uri(), "garment_image_url": png_data_uri(), "cloth_type": "upper"}
-    r = httpx.post(f"{live_server.url}/queue/fal-ai/cat-vton", json=body)
+    body = {"image_url": png_data_uri()}
+    r = httpx.post(f"{live_server.url}/queue/test/unbuilt", json=body)
     assert r.status_code == 503
     assert "not implemented" in r.json()["detail"]
-    bad = httpx.post(f"{live_server.url}/queue/fal-ai/cat-vton", json={**body, "cloth_type": "hat"})
+    bad = httpx.post(f"{live_server.url}/queue/test/unbuilt", json={**body, "output_format": "gif"})
     assert bad.status_code == 422  # validated even though the model is not built
 
 

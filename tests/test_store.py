@@ -210,3 +210,20 @@ def test_running_jobs_per_api_key_are_capped_and_the_rest_wait_in_order(store: J
     assert store.complete("A0", result={}, worker_id="w")
     assert [j.id for j in store.claim_batch("a/b", "w", by_key, 8, 30, max_running_per_key=1)] == ["A1"]
     assert store.queue_depths() == {"a/b": 1}  # A3 still queued, never refused
+
+
+def test_worker_metrics_replace_gauges_and_sum_histograms_over_workers(store: JobStore) -> None:
+    store.set_worker_metrics("w1", {("rows", "a/b"): 3.0}, {("wait", "a/b"): ([1, 2], 0.5, 2)})
+    store.set_worker_metrics("w1", {("rows", "a/b"): 4.0}, {("wait", "a/b"): ([2, 3], 0.9, 3)})  # cumulative
+    store.set_worker_metrics("w2", {("rows", "a/b"): 1.0}, {("wait", "a/b"): ([0, 1], 0.1, 1)})
+    assert sorted(store.worker_gauges()) == [("w1", "rows", "a/b", 4.0), ("w2", "rows", "a/b", 1.0)]
+    ((endpoint, counts, total, n),) = store.worker_histograms("wait")
+    assert (endpoint, counts, n) == ("a/b", [2, 4], 4) and total == pytest.approx(1.0)
+
+
+def test_queued_ids_in_claim_order_and_claims_that_must_match_a_step_key(store: JobStore) -> None:
+    low = make(store, 1, priority="low", key=2, t0=10.0)
+    normal = make(store, 2, key=1, t0=20.0)
+    assert store.queued_ids("a/b", 10) == [normal[0].id, normal[1].id, low[0].id]
+    assert store.claim_batch("a/b", "w", by_key, 8, 30, key=2) == []  # the head has key 1: no claim around it
+    assert [j.id for j in store.claim_batch("a/b", "w", by_key, 8, 30, key=1)] == [j.id for j in normal]

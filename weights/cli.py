@@ -19,12 +19,28 @@ from weights.summary import human, table
 __all__ = ["add_subcommands", "main", "pull_missing", "run"]
 
 
+def _canonical(name: str, known: list[str]) -> str:
+    """A manifest name, also from an endpoint id or its hyphenated name (``fal-ai/cat-vton``, ``cat-vton``)."""
+    if name in known:
+        return name
+    alias = name.removeprefix("fal-ai/").split("/")[0].replace("-", "")
+    return alias if alias in known else name
+
+
 def _pipelines(names: Sequence[str] | None) -> list[str]:
     known = all_pipelines()
-    unknown = [n for n in names or [] if n not in known]
+    names = [_canonical(n, known) for n in names or []]
+    unknown = [n for n in names if n not in known]
     if unknown:
         raise WeightsError(f"unknown pipeline(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    return list(names) if names else known
+    return names or known
+
+
+def _licence_notes(pipelines: Sequence[str]) -> None:
+    """One line per pipeline whose weights restrict use (non-commercial, research only)."""
+    restricted = sorted({(p, f.license) for p in pipelines for f in manifest(p) if f.license_restricted})
+    for p, lic in restricted:
+        print(f"note: {p} uses weights under a restrictive licence: {lic}")
 
 
 def _print_report(report: Report, verb: str) -> int:
@@ -77,16 +93,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(head)]
     for line in [head, *body]:
         print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
-    restricted = sorted({(r["pipeline"], r["license"]) for r in rows if r["restricted"]})
-    for p, lic in restricted:
-        print(f"note: {p} uses weights under a restrictive licence: {lic}")
+    _licence_notes(pipelines)
     print(f"weights dir: {root.resolve()}")
     return 0
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
+    pipelines = _pipelines(args.pipelines)
+    _licence_notes(pipelines)
     report = pull(
-        _pipelines(args.pipelines),
+        pipelines,
         root=args.weights_dir,
         convert=not args.no_convert,
         delete_source=args.delete_source,

@@ -167,6 +167,7 @@ CONVERTERS: dict[str, Converter] = {
         Converter("liveportrait", "pipelines.liveportrait.networks.convert:convert"),
         Converter("densepose", "pipelines.common.densepose.convert:convert"),
         Converter("schp", "pipelines.common.parsing.convert:convert"),
+        Converter("leffa", "pipelines.leffa.convert:convert", output="dir", bytes_per_param=2),
     ]
 }
 

@@ -1,6 +1,7 @@
 """CatVTON virtual try-on (`fal-ai/cat-vton`).
 
 Importing this package only loads the schema; the model code is imported by workers.
+Weights: CC BY-NC-SA 4.0 (non-commercial), see ``weights/manifests/catvton.json``.
 """
 
 from pipelines.contract import EndpointSpec
@@ -11,7 +12,6 @@ ENDPOINT = EndpointSpec(
     endpoint_id="fal-ai/cat-vton",
     input_model=CatVTONInput,
     output_model=CatVTONOutput,
-    pipeline=None,
-    unavailable_reason="this pipeline is not implemented yet in this build of fal-onprem",
+    pipeline="pipelines.catvton.pipeline:CatVTONPipeline",
     title="CatVTON virtual try-on",
 )

@@ -11,7 +11,6 @@ ENDPOINT = EndpointSpec(
     endpoint_id="fal-ai/leffa/pose-transfer",
     input_model=LeffaPoseTransferInput,
     output_model=LeffaPoseTransferOutput,
-    pipeline=None,
-    unavailable_reason="this pipeline is not implemented yet in this build of fal-onprem",
+    pipeline="pipelines.leffa.pipeline:LeffaPoseTransferPipeline",
     title="Leffa pose transfer",
 )

@@ -11,7 +11,6 @@ ENDPOINT = EndpointSpec(
     endpoint_id="fal-ai/pulid",
     input_model=PuLIDInput,
     output_model=PuLIDOutput,
-    pipeline=None,
-    unavailable_reason="this pipeline is not implemented yet in this build of fal-onprem",
+    pipeline="pipelines.pulid.pipeline:PuLIDPipeline",
     title="PuLID (SDXL) identity-preserving portraits",
 )

@@ -30,7 +30,7 @@ def pipeline_readiness(request: Request) -> dict[str, dict[str, Any]]:
             continue
         mine = [s for s in states if s.endpoint == endpoint_id]
         workers = [{"worker": s.worker_id, "device": s.device, "state": s.state, "reason": s.reason} for s in mine]
-        if any(s.state == "ready" for s in mine):
+        if any(s.state in ("ready", "standby") for s in mine):  # standby: loads when a request needs it
             state, reason = "ready", ""
         elif any(s.state == "loading" for s in mine) or not mine:
             state, reason = "loading", "" if mine else "no worker has reported yet"

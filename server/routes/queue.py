@@ -54,6 +54,7 @@ def submit_route(spec: EndpointSpec):
             start_timeout=x_fal_request_timeout,
             webhook_url=fal_webhook,
             enabled=request.app.state.settings.pipeline(spec.endpoint_id).enabled,
+            caps=request.app.state.settings.caps(spec.endpoint_id),
         )
         payload = {
             "status": "IN_QUEUE",

@@ -42,6 +42,7 @@ def run_route(spec: EndpointSpec):
                 start_timeout=x_fal_request_timeout,
                 webhook_url=None,
                 enabled=request.app.state.settings.pipeline(spec.endpoint_id).enabled,
+                caps=request.app.state.settings.caps(spec.endpoint_id),
             )
         )
         poll = POLL_MIN_S

@@ -71,7 +71,7 @@ class WebhookDelivery:
 class PipelineState:
     endpoint: str
     worker_id: str
-    state: Literal["loading", "ready", "failed"]
+    state: Literal["loading", "ready", "standby", "failed"]  # standby: not resident, loads when a job needs it
     reason: str = ""
     device: str = ""
     updated_at: float = field(default_factory=time.time)
@@ -97,8 +97,10 @@ class JobStore(Protocol):
         key_fn: Callable[[dict[str, Any]], Hashable],
         max_batch: int,
         lease_s: float,
+        key: Hashable | None = None,
         max_running_per_key: int | None = None,
     ) -> list[Job]: ...
+    def queued_ids(self, endpoint: str, limit: int) -> list[str]: ...
     def oldest_queued(self, endpoint: str) -> tuple[float | None, int]: ...
     def start(self, job_ids: list[str], worker_id: str) -> list[str]: ...
     def release(self, job_ids: list[str], worker_id: str) -> None: ...
@@ -124,6 +126,14 @@ class JobStore(Protocol):
     def completed_stats(self) -> list[Any]: ...
     def metric_histogram(self, name: str, buckets: tuple[float, ...]) -> list[tuple[str, list[int], float, int]]: ...
     def worker_stats(self) -> list[Any]: ...
+    def set_worker_metrics(
+        self,
+        worker_id: str,
+        gauges: dict[tuple[str, str], float],
+        histograms: dict[tuple[str, str], tuple[list[int], float, int]],
+    ) -> None: ...
+    def worker_gauges(self) -> list[tuple[str, str, str, float]]: ...
+    def worker_histograms(self, name: str) -> list[tuple[str, list[int], float, int]]: ...
     def close(self) -> None: ...
 
     # -- webhook outbox (rows are added by whatever completes a job that has a webhook_url)
@@ -177,9 +187,16 @@ def within_key_cap(queued: list[Job], running: dict[str, int], cap: int) -> list
     return allowed
 
 
-def head_batch(queued: list[Job], key_fn: Callable[[dict[str, Any]], Hashable], max_batch: int) -> list[Job]:
-    """The first queued job plus the following ones with its batch key, up to ``max_batch``."""
+def head_batch(
+    queued: list[Job], key_fn: Callable[[dict[str, Any]], Hashable], max_batch: int, key: Hashable | None = None
+) -> list[Job]:
+    """The first queued job plus the following ones with its batch key, up to ``max_batch``.
+
+    With ``key`` (joining a running stepwise batch), nothing unless the head has that key: claiming around
+    the head would starve it."""
     if not queued:
         return []
     head_key = key_fn(queued[0].input)
+    if key is not None and head_key != key:
+        return []
     return ([queued[0]] + [j for j in queued[1:] if key_fn(j.input) == head_key])[:max_batch]

@@ -84,6 +84,29 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        2,
+        "worker-reported gauges and histograms (memory budget, step scheduling)",
+        """
+        CREATE TABLE worker_gauges (
+            worker_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            value DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (worker_id, name, endpoint)
+        );
+        CREATE TABLE worker_histograms (
+            worker_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            counts JSONB NOT NULL,
+            total DOUBLE PRECISION NOT NULL,
+            n BIGINT NOT NULL,
+            PRIMARY KEY (worker_id, name, endpoint)
+        );
+        """,
+    ),
 ]
 
 

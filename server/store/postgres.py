@@ -219,7 +219,53 @@ class PostgresJobStore:
     def worker_stats(self) -> list[dict[str, Any]]:
         return self._rows("SELECT * FROM worker_stats")
 
+    def set_worker_metrics(
+        self,
+        worker_id: str,
+        gauges: dict[tuple[str, str], float],
+        histograms: dict[tuple[str, str], tuple[list[int], float, int]],
+    ) -> None:
+        """A worker's own numbers by (metric name, endpoint): gauges replace; histograms are cumulative."""
+        from psycopg.types.json import Jsonb
+
+        now = time.time()
+        with self.pool.connection() as conn, conn.transaction():
+            for (name, endpoint), value in gauges.items():
+                conn.execute(
+                    "INSERT INTO worker_gauges VALUES (%s,%s,%s,%s,%s) ON CONFLICT (worker_id, name, endpoint) "
+                    "DO UPDATE SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at",
+                    (worker_id, name, endpoint, value, now),
+                )
+            for (name, endpoint), (counts, total, n) in histograms.items():
+                conn.execute(
+                    "INSERT INTO worker_histograms VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT (worker_id, name, endpoint) "
+                    "DO UPDATE SET counts = EXCLUDED.counts, total = EXCLUDED.total, n = EXCLUDED.n",
+                    (worker_id, name, endpoint, Jsonb(counts), total, n),
+                )
+
+    def worker_gauges(self) -> list[tuple[str, str, str, float]]:
+        rows = self._rows("SELECT worker_id, name, endpoint, value FROM worker_gauges")
+        return [(r["worker_id"], r["name"], r["endpoint"], float(r["value"])) for r in rows]
+
+    def worker_histograms(self, name: str) -> list[tuple[str, list[int], float, int]]:
+        """Per endpoint: a worker-reported histogram summed over workers (dead ones' counts included)."""
+        merged: dict[str, tuple[list[int], float, int]] = {}
+        for r in self._rows("SELECT endpoint, counts, total, n FROM worker_histograms WHERE name = %s", (name,)):
+            counts, prev = list(r["counts"]), merged.get(r["endpoint"])
+            if prev is not None and len(prev[0]) == len(counts):
+                counts = [a + b for a, b in zip(prev[0], counts, strict=True)]
+            merged[r["endpoint"]] = (counts, (prev[1] if prev else 0.0) + r["total"], (prev[2] if prev else 0) + r["n"])
+        return [(endpoint, *value) for endpoint, value in sorted(merged.items())]
+
     # -- worker side
+    def queued_ids(self, endpoint: str, limit: int) -> list[str]:
+        rows = self._rows(
+            "SELECT id FROM jobs WHERE endpoint = %s AND status = 'IN_QUEUE' ORDER BY priority_rank, created_at "
+            "LIMIT %s",
+            (endpoint, limit),
+        )
+        return [r["id"] for r in rows]
+
     def oldest_queued(self, endpoint: str) -> tuple[float | None, int]:
         row = self._one(
             "SELECT MIN(created_at) AS oldest, COUNT(*) AS n FROM jobs WHERE endpoint = %s AND status = 'IN_QUEUE'",
@@ -235,6 +281,7 @@ class PostgresJobStore:
         key_fn: Callable[[dict[str, Any]], Hashable],
         max_batch: int,
         lease_s: float,
+        key: Hashable | None = None,
         max_running_per_key: int | None = None,
     ) -> list[Job]:
         """The head of the queue plus up to ``max_batch - 1`` jobs with its batch key, in one transaction.
@@ -261,7 +308,7 @@ class PostgresJobStore:
                     "GROUP BY key_id"
                 ).fetchall()
                 jobs = within_key_cap(jobs, {r["key_id"]: r["n"] for r in running}, max_running_per_key)
-            chosen = head_batch(jobs, key_fn, max_batch)
+            chosen = head_batch(jobs, key_fn, max_batch, key)
             if not chosen:
                 return []
             conn.execute(

@@ -94,6 +94,23 @@ CREATE TABLE IF NOT EXISTS worker_stats (
     gpu_memory_reserved INTEGER,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS worker_gauges (
+    worker_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    value REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (worker_id, name, endpoint)
+);
+CREATE TABLE IF NOT EXISTS worker_histograms (
+    worker_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    counts TEXT NOT NULL,
+    total REAL NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (worker_id, name, endpoint)
+);
 """
 
 _JOB_COLUMNS = (
@@ -318,6 +335,48 @@ class SQLiteJobStore:
     def worker_stats(self) -> list[sqlite3.Row]:
         return self._db().execute("SELECT * FROM worker_stats").fetchall()
 
+    def set_worker_metrics(
+        self,
+        worker_id: str,
+        gauges: dict[tuple[str, str], float],
+        histograms: dict[tuple[str, str], tuple[list[int], float, int]],
+    ) -> None:
+        """A worker's own numbers, keyed by (metric name, endpoint): gauges (and counters) replace the
+        stored value; histograms are cumulative bucket counts, sum and count since the worker started."""
+        now = time.time()
+        with self._write() as db:
+            for (name, endpoint), value in gauges.items():
+                db.execute(
+                    "INSERT OR REPLACE INTO worker_gauges VALUES (?,?,?,?,?)", (worker_id, name, endpoint, value, now)
+                )
+            for (name, endpoint), (counts, total, n) in histograms.items():
+                db.execute(
+                    "INSERT OR REPLACE INTO worker_histograms VALUES (?,?,?,?,?,?)",
+                    (worker_id, name, endpoint, json.dumps(counts), total, n),
+                )
+
+    def worker_gauges(self) -> list[tuple[str, str, str, float]]:
+        """(worker, name, endpoint, value) of every worker-reported gauge or counter."""
+        rows = self._db().execute("SELECT worker_id, name, endpoint, value FROM worker_gauges").fetchall()
+        return [(r[0], r[1], r[2], float(r[3])) for r in rows]
+
+    def worker_histograms(self, name: str) -> list[tuple[str, list[int], float, int]]:
+        """Per endpoint: a worker-reported histogram summed over workers (dead ones' counts included, so the
+        totals never go down)."""
+        merged: dict[str, tuple[list[int], float, int]] = {}
+        rows = (
+            self._db()
+            .execute("SELECT endpoint, counts, total, n FROM worker_histograms WHERE name = ?", (name,))
+            .fetchall()
+        )
+        for r in rows:
+            counts = json.loads(r["counts"])
+            prev = merged.get(r["endpoint"])
+            if prev is not None and len(prev[0]) == len(counts):
+                counts = [a + b for a, b in zip(prev[0], counts, strict=True)]
+            merged[r["endpoint"]] = (counts, (prev[1] if prev else 0.0) + r["total"], (prev[2] if prev else 0) + r["n"])
+        return [(endpoint, *value) for endpoint, value in sorted(merged.items())]
+
     # -- worker side
     def oldest_queued(self, endpoint: str) -> tuple[float | None, int]:
         row = (
@@ -337,6 +396,7 @@ class SQLiteJobStore:
         key_fn: Callable[[dict[str, Any]], Hashable],
         max_batch: int,
         lease_s: float,
+        key: Hashable | None = None,
         max_running_per_key: int | None = None,
     ) -> list[Job]:
         """Claim the head of the endpoint's queue plus up to ``max_batch - 1`` jobs with its batch key.
@@ -347,6 +407,8 @@ class SQLiteJobStore:
         Order is (priority, created): ``normal`` before ``low``, FIFO within. A claim only leases the jobs
         to the worker (they show IN_PROGRESS); ``start`` marks when they really start running, so a
         prefetched batch that never ran costs no attempt. Jobs past their start deadline are left to expire.
+        With ``key`` (joining a running stepwise batch), nothing is claimed unless the head has that key:
+        claiming around the head would starve it.
         """
         now = time.time()
         with self._write() as db:
@@ -363,7 +425,7 @@ class SQLiteJobStore:
                     "GROUP BY key_id"
                 ).fetchall()
                 jobs = within_key_cap(jobs, {r[0]: r[1] for r in running}, max_running_per_key)
-            chosen = head_batch(jobs, key_fn, max_batch)
+            chosen = head_batch(jobs, key_fn, max_batch, key)
             if not chosen:
                 return []
             for job in chosen:
@@ -374,6 +436,19 @@ class SQLiteJobStore:
                 )
                 job.status, job.worker_id = "IN_PROGRESS", worker_id
         return chosen
+
+    def queued_ids(self, endpoint: str, limit: int) -> list[str]:
+        """The first ``limit`` queued jobs of an endpoint in claim order (to tell them what they wait for)."""
+        rows = (
+            self._db()
+            .execute(
+                "SELECT id FROM jobs WHERE endpoint = ? AND status = 'IN_QUEUE' ORDER BY priority_rank, created_at "
+                "LIMIT ?",
+                (endpoint, limit),
+            )
+            .fetchall()
+        )
+        return [r["id"] for r in rows]
 
     def start(self, job_ids: list[str], worker_id: str) -> list[str]:
         """The claimed jobs start running now: count the attempt, stamp ``started_at``.

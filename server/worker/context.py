@@ -1,8 +1,14 @@
-"""The worker's ``RunContext`` for one batch: logs, progress, cancellation, seeds, outputs."""
+"""The worker's ``RunContext``: logs, progress, cancellation, seeds and outputs, addressed by item key.
+
+For a one-shot ``run`` batch the keys are the items' positions (``BatchContext``); a stepwise batch
+(``StepContext``) gives each job a key when it joins and forgets it when it leaves, so jobs come and go
+at step boundaries while the context lives on.
+"""
 
 from __future__ import annotations
 
 import base64
+import itertools
 import logging
 import random
 import time
@@ -24,35 +30,38 @@ def choose_seed(inp: dict[str, Any]) -> int:
     return int(seed) if seed is not None else random.randint(0, MAX_SEED)
 
 
-class BatchContext:
-    def __init__(self, store: JobStore, files: Files, jobs: list[Job]) -> None:
+class JobContext:
+    """A ``RunContext`` over jobs addressed by key."""
+
+    def __init__(self, store: JobStore, files: Files, jobs: dict[int, Job]) -> None:
         self.store = store
         self.files = files
-        self.jobs = jobs
-        self.seeds = [choose_seed(j.input) for j in jobs]
+        self.jobs = dict(jobs)
+        self.seeds = {key: choose_seed(job.input) for key, job in jobs.items()}
         self._cancelled: set[str] = set()
         self._last_poll = 0.0
 
     # -- logs and progress
     def log(self, message: str, item: int | None = None, level: str = "INFO") -> None:
-        targets = self.jobs if item is None else [self.jobs[item]]
+        targets = list(self.jobs.values()) if item is None else [self.jobs[item]]
         for job in targets:
             self.store.append_log(job.id, LogEntry(message, level))
-        log.info("%s [%s] %s", self.jobs[0].endpoint, ",".join(j.id[:8] for j in targets), message)
+        if targets:
+            log.info("%s [%s] %s", targets[0].endpoint, ",".join(j.id[:8] for j in targets), message)
 
     def progress(self, step: int, total: int, item: int | None = None) -> None:
         self.log(f"Step {step}/{total}", item)
         if item is not None:
             return
         self._poll_cancel(force=True)
-        if len(self._cancelled) == len(self.jobs):
+        if self.jobs and all(j.id in self._cancelled for j in self.jobs.values()):
             raise BatchCancelled()
 
     # -- cancellation
     def _poll_cancel(self, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self._last_poll > CANCEL_POLL_S:
-            self._cancelled |= self.store.is_cancel_requested([j.id for j in self.jobs])
+            self._cancelled |= self.store.is_cancel_requested([j.id for j in self.jobs.values()])
             self._last_poll = now
 
     def is_cancelled(self, item: int) -> bool:
@@ -80,3 +89,29 @@ class BatchContext:
             return {"url": f"data:{content_type};base64,{base64.b64encode(data).decode()}", **fields}
         stored = self.files.save(data, content_type, name)
         return {"url": stored.url(job.base_url), **fields}
+
+
+class BatchContext(JobContext):
+    """The context of one ``run`` batch: items are keyed by their position."""
+
+    def __init__(self, store: JobStore, files: Files, jobs: list[Job]) -> None:
+        super().__init__(store, files, dict(enumerate(jobs)))
+
+
+class StepContext(JobContext):
+    """The context of a stepwise batch: jobs join (``add``) and leave (``remove``) at step boundaries."""
+
+    _keys = itertools.count(1)  # unique for the worker's lifetime, so a late call never hits another job
+
+    def __init__(self, store: JobStore, files: Files) -> None:
+        super().__init__(store, files, {})
+
+    def add(self, job: Job) -> int:
+        key = next(self._keys)
+        self.jobs[key] = job
+        self.seeds[key] = choose_seed(job.input)
+        return key
+
+    def remove(self, key: int) -> None:
+        self.jobs.pop(key, None)
+        self.seeds.pop(key, None)

@@ -1,18 +1,24 @@
-"""The worker process: loads pipelines, claims batches, runs them, writes results (ARCHITECTURE.md §5).
+"""The worker process: loads pipelines, claims batches, runs them, writes results (ARCHITECTURE.md §4-5).
 
-One thread runs batches on the device; a prefetch thread claims the next batch and prepares its
-inputs (fetch + decode + CPU preprocessing) meanwhile; a heartbeat thread keeps the leases of the
-claimed jobs alive so that only a dead worker's jobs are re-queued.
+One thread runs on the device. A one-shot pipeline runs a claimed batch with ``run``; a stepwise
+(diffusion) pipeline is driven step by step by ``StepLoop``, which admits and retires jobs at step
+boundaries. Claims happen only when the worker is idle or at a batch/step boundary, so with several GPUs a
+burst goes to the idle workers first; inputs of claimed jobs are prepared on CPU threads while the device
+runs. Pipelines stay resident within a GPU memory budget (``Residency``): a job for an evicted one waits
+in the queue while it loads. A housekeeping thread keeps the leases of claimed jobs alive, so that only a
+dead worker's jobs are re-queued, and reports readiness and metrics.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
 import threading
 import time
 import traceback
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -20,30 +26,50 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from pipelines import registry
-from pipelines.contract import BatchCancelled, ItemError, Pipeline, Prepared, WeightSource
+from pipelines.contract import (
+    BatchCancelled,
+    EndpointSpec,
+    ItemError,
+    Pipeline,
+    Prepared,
+    StepwisePipeline,
+    WeightSource,
+)
 from server.config import Settings
 from server.errors import validation_detail
 from server.files import open_file_store
-from server.store import Job, JobStore, PipelineState, open_store
+from server.store import Job, JobStore, LogEntry, PipelineState, open_store
 from server.store.base import CANCELLED_ERROR
 from server.worker.context import BatchContext
 from server.worker.inputs import make_image_loader
+from server.worker.memory import Residency, default_budget, parse_bytes
+from server.worker.stats import WorkerStats
+from server.worker.stepping import StepLoop
 
 log = logging.getLogger("fal_onprem.worker")
 
 IDLE_SLEEP_S = 0.02
-# A busy worker claims its next batch this much later than an idle one would (idle workers poll every
-# IDLE_SLEEP_S), so with several GPUs a burst goes to the idle ones first instead of queueing behind us.
-PREFETCH_DELAY_S = 5 * IDLE_SLEEP_S
 HOUSEKEEPING_S = 1.0
 
 
 @dataclass
 class Loaded:
+    """A pipeline this worker serves; ``resident`` while its weights are on the device."""
+
     endpoint: str
-    pipeline: Pipeline
-    max_batch: int
+    pipeline: Pipeline | None  # None while unloaded; kept (in CPU RAM) when evicted by ``move_to("cpu")``
+    max_batch: int  # items per batch; rows per step for stepwise pipelines
     max_wait_ms: int
+    cls: type[Pipeline] | None = None
+    dtype: str = "float32"
+    resident: bool = True
+    failed: bool = False
+
+    @property
+    def stepwise(self) -> bool:
+        return isinstance(self.pipeline, StepwisePipeline) or (
+            self.cls is not None and issubclass(self.cls, StepwisePipeline)
+        )
 
 
 @dataclass
@@ -69,26 +95,41 @@ class Worker:
         self.files = open_file_store(settings.files_url, settings.files_dir, settings.s3_endpoint_url)
         self.load_image = make_image_loader(settings, self.files)
         self.loaded: dict[str, Loaded] = {}
+        self.residency = Residency(self._memory_budget())
+        self._measured: dict[str, int] = {}  # endpoint -> resident bytes at its last load
+        self.stats = WorkerStats()
         self.stop_event = threading.Event()
         self._active: list[str] = []  # ids of claimed, unfinished jobs (for heartbeats)
         self._active_lock = threading.Lock()
         self._prepare_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="prepare")
         self._prefetch_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
         self.batches_run = 0
-        self._batch_started: float | None = None  # monotonic start of the running batch (watchdog)
+        self._batch_started: float | None = None  # monotonic start of the running batch or step (watchdog)
         self.states: dict[str, tuple[str, str]] = {}  # endpoint -> (state, reason), re-reported as a heartbeat
         self._housekeeping_thread: threading.Thread | None = None
+        self.step_loop: StepLoop | None = None  # the running stepwise batch, if any
 
-    # -- loading
+    # -- loading (lazy within the memory budget, least recently used evicted first)
     def weight_source(self) -> WeightSource:
         s = self.settings
         if s.weights_source == "real":
             return WeightSource.real(s.weights_dir)
         return WeightSource(s.weights_source, s.seed)
 
+    def _memory_budget(self) -> int | None:
+        if self.settings.gpu_memory_budget:
+            return parse_bytes(self.settings.gpu_memory_budget)
+        if not self.device.startswith("cuda"):
+            return None  # CPU: no device budget unless one is configured
+        import torch
+
+        free, _total = torch.cuda.mem_get_info(self.device)
+        return default_budget(free)
+
     def load_pipelines(self) -> None:
+        """Load every served pipeline that fits the budget now; the others load when a job needs them."""
         self.start_housekeeping()  # loading can take minutes: keep the readiness reports fresh meanwhile
-        specs = []
+        specs: list[EndpointSpec] = []
         for spec in registry.endpoints().values():
             if spec.pipeline is None:
                 log.info("%s: not served: %s", spec.endpoint_id, spec.unavailable_reason)
@@ -98,38 +139,138 @@ class Worker:
                 specs.append(spec)
         for spec in specs:
             self._report(spec.endpoint_id, "loading")
+        if self.residency.budget is not None:
+            log.info("GPU memory budget on %s: %.2f GiB", self.device, self.residency.budget / 2**30)
         for spec in specs:
             cfg = self.settings.pipeline(spec.endpoint_id)
-            started = time.monotonic()
             try:
                 cls = registry.pipeline_class(spec)
-                pipe = cls.load(self.weight_source(), self.device, cfg.dtype or "float32")
             except Exception as exc:  # a pipeline that cannot load must not stop the others
-                reason = str(exc) or type(exc).__name__
-                log.warning("%s: not loaded: %s", spec.endpoint_id, reason)
-                log.debug("%s", traceback.format_exc())
-                self._report(spec.endpoint_id, "failed", reason)
+                self._failed(spec.endpoint_id, exc)
                 continue
-            self.loaded[spec.endpoint_id] = Loaded(
+            loaded = Loaded(
                 spec.endpoint_id,
-                pipe,
+                None,
                 cls.max_batch if cfg.max_batch is None else cfg.max_batch,
                 cls.max_wait_ms if cfg.max_wait_ms is None else cfg.max_wait_ms,
+                cls=cls,
+                dtype=cfg.dtype or (cls.gpu_dtype if self.device.startswith("cuda") else "float32"),
+                resident=False,
             )
-            self._report(spec.endpoint_id, "ready")
-            log.info(
-                "%s: ready on %s (%s weights) in %.1fs",
-                spec.endpoint_id,
-                self.device,
-                self.settings.weights_source,
-                time.monotonic() - started,
-            )
+            self.loaded[spec.endpoint_id] = loaded
+            if self.residency.fits(self._expected_bytes(loaded)):
+                self._load(loaded)
+            else:
+                self._report(spec.endpoint_id, "standby", "loads when a request needs it (GPU memory budget)")
+                log.info("%s: standby (loads when a request needs it: GPU memory budget)", spec.endpoint_id)
+            if loaded.resident and not self.residency.fits(0):  # measured bigger than announced
+                self._evict(loaded)
+
+    def _expected_bytes(self, loaded: Loaded) -> int:
+        if loaded.endpoint in self.residency:
+            return self.residency.bytes_of(loaded.endpoint)
+        known = self._measured.get(loaded.endpoint)
+        if known is not None:
+            return known
+        assert loaded.cls is not None
+        return loaded.cls.expected_resident_bytes(self.weight_source(), loaded.dtype)  # type: ignore[arg-type]
+
+    def _device_allocated(self) -> int | None:
+        if not self.device.startswith("cuda"):
+            return None
+        import torch
+
+        torch.cuda.synchronize(self.device)
+        return torch.cuda.memory_allocated(self.device)
+
+    def _load(self, loaded: Loaded, retry_after_evicting_all: bool = False) -> bool:
+        """Load (or move back from CPU RAM) one pipeline onto the device; False when it failed. Out of device
+        memory (sizes were unknown or estimated low), it may evict every other pipeline and try once more."""
+        assert loaded.cls is not None
+        self._report(loaded.endpoint, "loading")
+        started, before = time.monotonic(), self._device_allocated()
+        try:
+            if loaded.pipeline is not None:
+                loaded.pipeline.move_to(self.device)
+            else:
+                loaded.pipeline = loaded.cls.load(self.weight_source(), self.device, loaded.dtype)  # type: ignore[arg-type]
+        except Exception as exc:
+            others = [e for e, lo in self.loaded.items() if lo.resident and self.residency.bytes_of(e) > 0]
+            if retry_after_evicting_all and others and "out of memory" in str(exc).lower():
+                log.warning("%s: out of device memory while loading; evicting %s", loaded.endpoint, ", ".join(others))
+                for endpoint in others:
+                    self._evict(self.loaded[endpoint])
+                return self._load(loaded)
+            loaded.pipeline = None  # a half-moved pipeline is not trusted: the next try loads it afresh
+            self._failed(loaded.endpoint, exc)
+            return False
+        after = self._device_allocated()
+        nbytes = loaded.pipeline.resident_bytes() or (after - before if after is not None and before is not None else 0)
+        self._measured[loaded.endpoint] = nbytes
+        self.residency.add(loaded.endpoint, nbytes)
+        loaded.resident = True
+        self.stats.inc("pipeline_loads", loaded.endpoint)
+        self._report(loaded.endpoint, "ready")
+        log.info(
+            "%s: ready on %s (%s weights, %.0f MiB resident) in %.1fs",
+            loaded.endpoint,
+            self.device,
+            self.settings.weights_source,
+            nbytes / 2**20,
+            time.monotonic() - started,
+        )
+        return True
+
+    def _evict(self, loaded: Loaded) -> None:
+        """Free a pipeline's device memory: to CPU RAM when it can move, else unload it."""
+        how = "unloaded"
+        if loaded.pipeline is not None and self.device.startswith("cuda"):
+            try:
+                loaded.pipeline.move_to("cpu")
+                how = "moved to CPU RAM"
+            except NotImplementedError:
+                loaded.pipeline = None
+        else:
+            loaded.pipeline = None
+        self.residency.remove(loaded.endpoint)
+        loaded.resident = False
+        gc.collect()
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+        self.stats.inc("pipeline_evictions", loaded.endpoint)
+        self._report(loaded.endpoint, "standby", f"evicted ({how}); loads when a request needs it")
+        log.info("%s: evicted from %s (%s) to make room", loaded.endpoint, self.device, how)
+
+    def _make_resident(self, loaded: Loaded) -> bool:
+        """Evict least recently used pipelines until this one fits, then load it. Its queued jobs are told."""
+        if loaded.resident:
+            self.residency.touch(loaded.endpoint)
+            return True
+        victims = self.residency.victims(self._expected_bytes(loaded), keep=loaded.endpoint)
+        note = f", evicting {', '.join(victims)}" if victims else ""
+        message = f"Waiting for {loaded.endpoint} to load on {self.device}{note}"
+        for job_id in self.store.queued_ids(loaded.endpoint, loaded.max_batch):
+            self.store.append_log(job_id, LogEntry(message))
+        log.info("%s", message)
+        for endpoint in victims:
+            self._evict(self.loaded[endpoint])
+        return self._load(loaded, retry_after_evicting_all=True)
+
+    def _failed(self, endpoint: str, exc: BaseException) -> None:
+        reason = str(exc) or type(exc).__name__
+        log.warning("%s: not loaded: %s", endpoint, reason)
+        log.debug("%s", traceback.format_exc())
+        if endpoint in self.loaded:
+            self.loaded[endpoint].failed = True
+        self._report(endpoint, "failed", reason)
 
     def _report(self, endpoint: str, state: str, reason: str = "") -> None:
         self.states[endpoint] = (state, reason)
         self.store.set_pipeline_state(PipelineState(endpoint, self.worker_id, state, reason, self.device))  # type: ignore[arg-type]
 
-    # -- claiming
+    # -- claiming (only when idle or at a batch/step boundary)
     def _due(self, loaded: Loaded) -> bool:
         """A batch is due when the queue holds max_batch jobs or its oldest waited max_wait_ms."""
         oldest, count = self.store.oldest_queued(loaded.endpoint)
@@ -137,40 +278,86 @@ class Worker:
             return False
         return count >= loaded.max_batch or (time.time() - oldest) * 1000 >= loaded.max_wait_ms
 
-    def claim_next(self) -> ClaimedBatch | None:
-        candidates = [c for c in self.loaded.values() if self._due(c)]
+    def _key_fn(self, loaded: Loaded) -> Callable[[dict[str, Any]], Hashable]:
+        """Which jobs may share a batch: ``batch_key``, or ``step_key`` for a stepwise pipeline."""
+        pipe = loaded.pipeline
+        assert pipe is not None
+        key = pipe.step_key if isinstance(pipe, StepwisePipeline) else pipe.batch_key
+
+        def key_fn(inp: dict[str, Any]) -> Hashable:
+            try:
+                return key(pipe.Input.model_validate(inp))
+            except ValidationError:
+                return ("invalid",)
+
+        return key_fn
+
+    def _claim(self, loaded: Loaded, limit: int, key: Hashable | None = None) -> list[Job]:
+        jobs = self.store.claim_batch(
+            loaded.endpoint,
+            self.worker_id,
+            self._key_fn(loaded),
+            limit,
+            self.settings.job_lease_s,
+            key=key,
+            max_running_per_key=self.settings.max_running_per_key,
+        )
+        if jobs:
+            with self._active_lock:
+                self._active.extend(j.id for j in jobs)
+        return jobs
+
+    def claim_next(self, resident_only: bool = False) -> ClaimedBatch | None:
+        """Claim the batch whose head waited longest, loading its pipeline first if it is not resident."""
+        candidates = [
+            c for c in self.loaded.values() if not c.failed and (c.resident or not resident_only) and self._due(c)
+        ]
         if not candidates:
             return None
         # Oldest head first across endpoints, so no endpoint starves another.
         candidates.sort(key=lambda c: self.store.oldest_queued(c.endpoint)[0] or float("inf"))
         for loaded in candidates:
-            pipe = loaded.pipeline
-
-            def key_fn(inp: dict[str, Any], pipe: Pipeline = pipe) -> Any:
-                try:
-                    return pipe.batch_key(pipe.Input.model_validate(inp))
-                except ValidationError:
-                    return ("invalid",)
-
-            jobs = self.store.claim_batch(
-                loaded.endpoint,
-                self.worker_id,
-                key_fn,
-                loaded.max_batch,
-                self.settings.job_lease_s,
-                max_running_per_key=self.settings.max_running_per_key,
-            )
+            if not self._make_resident(loaded):
+                continue
+            jobs = self._within_memory(loaded, self._claim(loaded, loaded.max_batch))
             if jobs:
-                with self._active_lock:
-                    self._active.extend(j.id for j in jobs)
+                pipe = loaded.pipeline
+                assert pipe is not None
                 prepared = list(self._prepare_pool.map(lambda j, p=pipe: self._prepare(p, j), jobs))
                 return ClaimedBatch(loaded, jobs, prepared)
         return None
 
+    def _within_memory(self, loaded: Loaded, jobs: list[Job]) -> list[Job]:
+        """The longest head of a claimed one-shot batch whose rows fit the activation memory (at least one
+        job); the rest go back to the queue. Stepwise batches admit against it at every step instead."""
+        room = self.residency.activation_room()
+        pipe = loaded.pipeline
+        if room is None or pipe is None or loaded.stepwise or len(jobs) < 2:
+            return jobs
+        used = 0
+        for n, job in enumerate(jobs):
+            try:
+                used += pipe.row_bytes(pipe.Input.model_validate(job.input))
+            except ValidationError:
+                continue  # fails at prepare, costs nothing
+            if n and used > room:
+                self.release([j.id for j in jobs[n:]])
+                return jobs[:n]
+        return jobs
+
     def _prefetch(self) -> ClaimedBatch | None:
-        if self.stop_event.wait(PREFETCH_DELAY_S):
-            return None
-        return self.claim_next()
+        """At a batch boundary: claim the next batch now, to prepare it while this one runs, only when the
+        queue holds a full batch more; otherwise the next claim waits for the boundary after this batch, so
+        that idle workers (other GPUs) take the jobs first."""
+        backlog = any(
+            c.resident and not c.failed and self.store.oldest_queued(c.endpoint)[1] >= c.max_batch
+            for c in self.loaded.values()
+        )
+        return self.claim_next(resident_only=True) if backlog else None
+
+    def _wait_for_work(self, timeout: float) -> None:
+        """Idle: wait until new work may have arrived."""
+        time.sleep(timeout)
 
     def _prepare(self, pipe: Pipeline, job: Job) -> Prepared | dict[str, Any]:
         try:
@@ -186,8 +373,21 @@ class Worker:
             return _internal_error(exc)
 
     # -- running
+    def _complete(self, job: Job, outcome: Any, metrics: dict[str, Any]) -> None:
+        """Write a job's result (an output model) or error (an ItemError or error dict)."""
+        if isinstance(outcome, ItemError):
+            outcome = outcome.to_dict()
+        if isinstance(outcome, BaseModel):
+            result = outcome.model_dump(mode="json", exclude_none=True)
+            self.store.complete(job.id, result=result, metrics=metrics, worker_id=self.worker_id)
+        else:
+            error = outcome or _internal_error(RuntimeError("no result"))
+            self.store.complete(job.id, error=error, metrics=metrics, worker_id=self.worker_id)
+
     def run_batch(self, batch: ClaimedBatch) -> None:
         pipe = batch.loaded.pipeline
+        assert pipe is not None
+        self.residency.touch(batch.loaded.endpoint)
         started_at = time.time()
         # Jobs that timed out while prefetched (completed by the store) or were taken from us are skipped.
         mine = set(self.store.start([j.id for j in batch.jobs], self.worker_id))
@@ -218,18 +418,13 @@ class Worker:
                 "queue_time": round(max(0.0, started_at - job.created_at), 6),
                 "batch_size": len(jobs),
             }
-            if isinstance(outcome, BaseModel):
-                result = outcome.model_dump(mode="json", exclude_none=True)
-                self.store.complete(job.id, result=result, metrics=metrics, worker_id=self.worker_id)
-            else:
-                error = outcome or _internal_error(RuntimeError("no result"))
-                self.store.complete(job.id, error=error, metrics=metrics, worker_id=self.worker_id)
-        self._forget(batch)
+            self._complete(job, outcome, metrics)
+        self._forget([j.id for j in batch.jobs])
         self.batches_run += 1
 
-    def _forget(self, batch: ClaimedBatch) -> None:
+    def _forget(self, job_ids: list[str]) -> None:
         with self._active_lock:
-            done = {j.id for j in batch.jobs}
+            done = set(job_ids)
             self._active = [i for i in self._active if i not in done]
 
     def _run_items(self, pipe: Pipeline, jobs: list[Job], prepared: list[Prepared]) -> dict[str, Any]:
@@ -266,7 +461,10 @@ class Worker:
         if started is not None and time.monotonic() - started > self.settings.max_batch_run_s:
             # A hung pipeline (or CUDA call) would keep its jobs' leases fresh forever: exit instead, so
             # the leases lapse, the jobs are re-queued once (then failed), and the supervisor restarts us.
-            log.error("a batch has run for more than %.0f s: exiting the worker", self.settings.max_batch_run_s)
+            log.error(
+                "a batch (or one denoising step) has run for more than %.0f s: exiting the worker",
+                self.settings.max_batch_run_s,
+            )
             os._exit(75)
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
             log.warning("the serve process %d is gone: stopping", self.parent_pid)
@@ -278,6 +476,7 @@ class Worker:
         store.recover_expired_leases(self.settings.max_attempts)
         for endpoint, (state, reason) in list(self.states.items()):
             store.set_pipeline_state(PipelineState(endpoint, self.worker_id, state, reason, self.device))  # type: ignore[arg-type]
+        self.report_metrics(store)
         if self.device.startswith("cuda"):
             import torch
 
@@ -287,6 +486,16 @@ class Worker:
                 torch.cuda.memory_allocated(self.device),
                 torch.cuda.memory_reserved(self.device),
             )
+
+    def report_metrics(self, store: JobStore) -> None:
+        """Write this worker's numbers (resident pipelines, budget, rows per step...) for /metrics."""
+        for endpoint, loaded in list(self.loaded.items()):
+            self.stats.set("pipeline_resident", endpoint, 1.0 if loaded.resident else 0.0)
+            self.stats.set("pipeline_memory_bytes", endpoint, self.residency.bytes_of(endpoint))
+        if self.residency.budget is not None:
+            self.stats.set("gpu_memory_budget_bytes", "", self.residency.budget)
+        gauges, histograms = self.stats.snapshot()
+        store.set_worker_metrics(self.worker_id, gauges, histograms)
 
     def _housekeeping_loop(self) -> None:
         interval = min(HOUSEKEEPING_S, self.settings.job_lease_s / 3)
@@ -312,21 +521,32 @@ class Worker:
                 batch = pending.result() if pending is not None else self.claim_next()
                 pending = None
                 if batch is None:
-                    time.sleep(IDLE_SLEEP_S)
+                    self._wait_for_work(IDLE_SLEEP_S)
                     continue
-                # Prepare the next batch on CPU threads while this one runs.
-                pending = self._prefetch_pool.submit(self._prefetch)
-                self.run_batch(batch)
+                if batch.loaded.stepwise:
+                    self.step_loop = StepLoop(self, batch)
+                    self.step_loop.run()  # until its last row leaves; jobs join and leave at step boundaries
+                    self.step_loop = None
+                    self.batches_run += 1
+                else:
+                    # A boundary: claim the next batch now only when there is a backlog (see _prefetch).
+                    pending = self._prefetch_pool.submit(self._prefetch)
+                    self.run_batch(batch)
                 if max_batches is not None and self.batches_run >= max_batches:
                     break
         finally:
             if pending is not None:
                 leftover = pending.result()
                 if leftover is not None:  # prefetched but never started: back to the queue, no attempt spent
-                    self.store.release([j.id for j in leftover.jobs], self.worker_id)
-                    self._forget(leftover)
+                    self.release([j.id for j in leftover.jobs])
             self.stop_event.set()
+            self.report_metrics(self.store)
             self.store.clear_pipeline_states(self.worker_id)  # a stopped worker serves nothing
+
+    def release(self, job_ids: list[str]) -> None:
+        """Give claimed jobs that never started back to the queue (no attempt spent)."""
+        self.store.release(job_ids, self.worker_id)
+        self._forget(job_ids)
 
     def stop(self) -> None:
         self.stop_event.set()

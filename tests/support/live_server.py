@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[2]
-ECHO_MODULE = "tests.support.echo_pipeline"
+ECHO_MODULE = "tests.support.echo_pipeline,tests.support.unbuilt_endpoint"
 
 
 def free_port() -> int:
