@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
-# Set up the server on a fresh machine (venv + the project) and serve. Arguments go to
+# Set up the server on a fresh machine (venv with the locked packages) and serve. Arguments go to
 # `fal-onprem serve`, e.g. `bash scripts/serve.sh --tiny` or `bash scripts/serve.sh --pull`.
+# Reinstalls only when uv.lock / pyproject.toml / the CPU-GPU choice changed since the last install
+# (a stamp in the venv), so a later start needs no network. CPU or GPU: see scripts/env.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/env.sh
 
-if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
+variant=$(accel)
+stamp="$VENV/.fal-onprem-installed"
+want=$(lock_digest "$variant")
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  ensure_venv
+  # inexact: keeps the dev tools that scripts/test.sh may have put into the same venv
+  sync --frozen --inexact --extra "$variant"
+  echo "$want" >"$stamp"
+else
+  phase "installed set is up to date with uv.lock ($variant)"
 fi
-# shellcheck disable=SC1091
-. .venv/bin/activate
-if ! command -v fal-onprem >/dev/null 2>&1; then
-  python -m pip install --quiet --upgrade pip
-  python -m pip install --quiet -e .
-  if command -v nvidia-smi >/dev/null 2>&1; then
-    # onnxruntime-gpu provides the same module as onnxruntime; keep only the GPU build.
-    python -m pip uninstall --quiet -y onnxruntime
-    python -m pip install --quiet "onnxruntime-gpu>=1.17"
-  fi
-fi
-exec fal-onprem serve "$@"
+phase "starting: fal-onprem serve $*"
+exec "$VENV/bin/fal-onprem" serve "$@"

@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines import registry
-from server import webhooks
+from server import docs, webhooks
 from server.auth import KEY_ID_SECRET_FILE
 from server.config import Settings
 from server.errors import FalError, on_fal_error, on_http_error, on_validation_error
@@ -23,6 +23,7 @@ from server.local_secrets import load_or_create_secret
 from server.proxy import FalProxyMiddleware
 from server.routes import files, ops, queue, run, storage
 from server.store import open_store
+from server.waiting import JobEvents
 
 log = logging.getLogger("fal_onprem.api")
 
@@ -33,8 +34,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
+        app.state.job_events.start()
         async with janitor(app), webhooks.delivery(app):
             yield
+        app.state.job_events.stop()
         app.state.store.close()
 
     app = FastAPI(
@@ -42,10 +45,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Self-hosted, fal.ai-compatible queue API for five human-image pipelines.",
         lifespan=lifespan,
+        docs_url=None,  # server.docs serves both pages with local assets (works without internet)
+        redoc_url=None,
     )
+    docs.install(app)
     app.state.settings = settings
     app.state.endpoints = endpoints
     app.state.store = open_store(settings.resolved_store_url)
+    app.state.job_events = JobEvents(app.state.store, settings)  # wakes /run, status streams, webhooks
     app.state.files = open_file_store(settings.files_url, settings.files_dir, settings.s3_endpoint_url)
     app.state.key_id_secret = load_or_create_secret(settings.secrets_path, KEY_ID_SECRET_FILE)
     webhooks.install(app, settings)  # signing key, submit-time URL check, JWKS routes

@@ -10,6 +10,7 @@ import argparse
 import ipaddress
 import logging
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -17,6 +18,10 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from server.config import Settings
 
 log = logging.getLogger("fal_onprem")
 
@@ -149,6 +154,26 @@ class WorkerSupervisor:
                 proc.kill()
 
 
+def pull_in_child(settings: Settings) -> int:
+    """``serve --pull``: download and convert the enabled pipelines' weights in a child process (the
+    conversions import torch; the API process never does). Returns the child's exit status."""
+    from pipelines import registry
+
+    wanted = sorted(
+        {
+            spec.pipeline.split(".")[1]  # "pipelines.<name>.pipeline:Class" -> manifest name
+            for spec in registry.endpoints().values()
+            if spec.pipeline and spec.pipeline.startswith("pipelines.") and settings.pipeline(spec.endpoint_id).enabled
+        }
+    )
+    command = [sys.executable, "-m", "weights.cli", "pull", "--weights-dir", str(settings.weights_dir), *wanted]
+    log.info("pulling weights: %s", shlex.join(command))
+    status = subprocess.run(command, check=False).returncode
+    if status:
+        log.warning("weights pull exited with %d: pipelines without weights answer 503 (see above)", status)
+    return status
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     _apply_env(args)
     from server.config import Settings
@@ -163,16 +188,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         return 2
     if args.pull:
-        from pipelines import registry
-        from weights.cli import pull_missing
-
-        wanted = [
-            spec.pipeline.split(".")[1]  # "pipelines.<name>.pipeline:Class" -> manifest name
-            for spec in registry.endpoints().values()
-            if spec.pipeline and spec.pipeline.startswith("pipelines.") and settings.pipeline(spec.endpoint_id).enabled
-        ]
-        for name, reason in pull_missing(wanted, settings.weights_dir).items():
-            log.warning("%s will not be served: %s", name, reason)
+        pull_in_child(settings)
 
     import uvicorn
 

@@ -85,7 +85,17 @@ class Settings(BaseSettings):
     )
     webhook_backoff_max_s: float = 3600.0
     webhook_timeout_s: float = Field(default=15.0, description="Per-attempt limit for a webhook POST.")
-    webhook_poll_s: float = Field(default=1.0, description="How often the API looks for due webhooks.")
+    webhook_poll_s: float = Field(
+        default=1.0, description="How often the API looks for due webhooks besides the wake-up at each completion."
+    )
+    notify_events: bool = Field(
+        default=True, description="Wake workers and waiting requests by notification (else they only poll)."
+    )
+    poll_fallback_s: float = Field(
+        default=1.0,
+        description="How often idle workers, /run requests and status streams re-check the store when no "
+        "notification arrives (lower it when notify_events is off).",
+    )
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
 

@@ -108,6 +108,7 @@ class WebhookSender:
         *,
         policy: UrlPolicy | None = None,
         owner: str | None = None,
+        wake: asyncio.Event | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -119,12 +120,16 @@ class WebhookSender:
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        # Set when a completion owes a webhook (server.waiting); polling every webhook_poll_s catches
+        # retries that came due and anything a lost notification would have left.
+        self._wake = wake or asyncio.Event()
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._run(), name="webhook-sender")
 
     async def stop(self) -> None:
         self._stopping.set()
+        self._wake.set()
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
@@ -138,12 +143,13 @@ class WebhookSender:
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
+            self._wake.clear()  # before looking, so a completion meanwhile wakes the next round
             try:
                 await self.poll_once()
             except Exception:  # a busy or briefly unavailable store must not end delivery for good
                 log.exception("webhook poll failed")
             with suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.settings.webhook_poll_s)
+                await asyncio.wait_for(self._wake.wait(), self.settings.webhook_poll_s)
 
     async def poll_once(self) -> int:
         """Claim due deliveries (up to the free in-flight slots) and start them; returns how many."""
@@ -202,7 +208,9 @@ class WebhookSender:
 @asynccontextmanager
 async def delivery(app: FastAPI) -> AsyncIterator[WebhookSender]:
     """Run the sender for the app's lifetime (use inside the app's lifespan)."""
-    sender = WebhookSender(app.state.store, app.state.settings, app.state.webhook_signer)
+    sender = WebhookSender(
+        app.state.store, app.state.settings, app.state.webhook_signer, wake=app.state.job_events.webhook_due
+    )
     sender.start()
     try:
         yield sender

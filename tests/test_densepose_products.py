@@ -37,7 +37,10 @@ def check_leffa_iuv(iuv: np.ndarray, chain: Chain) -> None:
     diff = np.abs(iuv.astype(int) - ref.astype(int))[outside]
     assert diff[:, 2].max() == 0, "I must match exactly outside the ambiguity mask"
     assert diff[:, :2].max() <= 1, "U/V within ±1 outside the ambiguity mask"
-    assert (diff[:, :2] > 0).sum() <= 50
+    # ±1 flips are values within float noise (~1e-6) of a uint8 truncation boundary: the README's reruns of
+    # the original flipped 3-22 pixels; other CPUs / thread counts flip ~80 here (of 783k). A real error
+    # (a wrong channel, scale or box) moves far more than 0.02% of them.
+    assert (diff[:, :2] > 0).sum() <= 2e-4 * len(diff)
     # The UNet condition: Leffa's transform maps each pixel value v to lut[v].
     lut = chain["f.leffa_transform_lut"]
     cond = leffa_condition(iuv)
@@ -158,6 +161,19 @@ def test_full_chain(full_model, reference_dir, consumer):
         check_leffa_iuv(leffa_iuv_from_result(result), chain)
     else:
         check_catvton_map(np.asarray(catvton_map_from_result(result, (768, 1024))), chain)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("consumer", ["leffa", "catvton"])
+def test_full_public_path_on_the_canvas(full_model, reference_dir, consumer):
+    """``leffa_iuv`` / ``catvton_part_maps`` (what the pipelines call) on the golden canvas, full-size model."""
+    chain = Chain(reference_dir, "full", consumer)
+    dp = DensePose(full_model)
+    canvas, boxes = chain.canvas(), chain.fixed_boxes()
+    if consumer == "leffa":
+        check_leffa_iuv(dp.leffa_iuv([np.asarray(canvas)], [boxes])[0], chain)
+    else:
+        check_catvton_map(np.asarray(dp.catvton_part_maps([canvas], 1024, [boxes])[0]), chain)
 
 
 def test_leffa_condition_matches_the_leffa_golden(reference_dir):

@@ -12,10 +12,13 @@ import json
 import numpy as np
 import pytest
 
+from tests.support.reference import missing_reference
+
 pytest.importorskip("onnxruntime")
 cv2 = pytest.importorskip("cv2")
 
 from pipelines.dwpose import detector, draw, pose, preprocess  # noqa: E402
+from pipelines.dwpose.runtime import OnnxModel  # noqa: E402
 
 pytestmark = pytest.mark.reference
 
@@ -24,7 +27,7 @@ pytestmark = pytest.mark.reference
 def dw_dir(reference_dir):
     path = reference_dir / "dwpose"
     if not (path / "postprocess_golden.safetensors").is_file():
-        pytest.skip(f"DWPose golden not found in {path}")
+        missing_reference(f"DWPose golden not found in {path}")
     return path
 
 
@@ -42,7 +45,11 @@ def golden_meta(dw_dir) -> dict:
 
 def test_s1_resize_and_edge_pad(golden, golden_meta):
     padded = preprocess.resize_with_pad(golden["in.image_rgb_uint8"])
-    np.testing.assert_array_equal(padded.image, golden["s1.padded_rgb_uint8"])
+    # cv2's INTER_CUBIC upscale rounds a handful of values differently per SIMD path (the same OpenCV
+    # gives 8 of 1.08M values off by 1 on this project's x86 machines): ±1 on at most 1e-5 of the values;
+    # a wrong interpolation or size moves tens of thousands.
+    diff = np.abs(padded.image.astype(int) - golden["s1.padded_rgb_uint8"].astype(int))
+    assert diff.max() <= 1 and (diff > 0).sum() <= 1e-5 * diff.size, (diff > 0).sum()
     assert [padded.width, padded.height] == golden_meta["output_size_wh"]
 
 
@@ -61,10 +68,8 @@ def test_s2_letterbox(golden):
 
 
 def test_s2_standin_detector_output(golden, dw_dir):
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(dw_dir / "tiny_standin_yolox_l.onnx"), providers=["CPUExecutionProvider"])
-    out = session.run(None, {session.get_inputs()[0].name: golden["s2.det_input_as_uint8"].astype(np.float32)})
+    model = OnnxModel(dw_dir / "tiny_standin_yolox_l.onnx")  # the runtime the pipeline serves with
+    out = model(golden["s2.det_input_as_uint8"].astype(np.float32))
     np.testing.assert_allclose(out[0], golden["s2.det_raw_output"], atol=1e-4)
 
 
@@ -104,11 +109,8 @@ def test_s4_crops(golden):
 
 
 def test_s4_standin_pose_output(golden, dw_dir):
-    import onnxruntime as ort
-
-    path = dw_dir / "tiny_standin_dw-ll_ucoco_384.onnx"
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    simcc_x, simcc_y = session.run(None, {session.get_inputs()[0].name: golden["s4.pose_input_f32"]})
+    model = OnnxModel(dw_dir / "tiny_standin_dw-ll_ucoco_384.onnx")
+    simcc_x, simcc_y = model(golden["s4.pose_input_f32"])
     np.testing.assert_allclose(simcc_x, golden["s4.simcc_x"], atol=1e-4)
     np.testing.assert_allclose(simcc_y, golden["s4.simcc_y"], atol=1e-4)
 

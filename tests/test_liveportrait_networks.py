@@ -23,6 +23,7 @@ from pipelines.liveportrait.networks import (
 )
 from pipelines.liveportrait.networks.convert import convert
 from pipelines.liveportrait.networks.state_dict import STITCHING_PARTS, normalize_state_dict
+from tests.support.reference import missing_reference
 
 NAMES = list(NETWORK_FILES)
 torch.set_grad_enabled(False)
@@ -36,7 +37,7 @@ def manifest_key(name: str) -> str:
 def lp_ref(reference_dir: Path) -> Path:
     path = reference_dir / "liveportrait"
     if not (path / "fixtures" / "fixtures_index.json").is_file():
-        pytest.skip(f"LivePortrait reference data not found under {path}")
+        missing_reference(f"LivePortrait reference data not found under {path}")
     return path
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from server.store import Job, JobStore, LogEntry, open_store
+from server.store import Job, JobStore, LogEntry, SQLiteJobStore, open_store
+from server.store.postgres import PostgresJobStore
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -20,9 +21,30 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return request.getfixturevalue("postgres_url")
 
 
+class FakeClock:
+    """Wall-clock seconds that move only when a test says so (no sleeps, no races with a slow machine)."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @pytest.fixture
-def store(store_url: str) -> Iterator[JobStore]:
-    store = open_store(store_url)
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def store(store_url: str, clock: FakeClock) -> Iterator[JobStore]:
+    if store_url.startswith("sqlite:///"):
+        store: JobStore = SQLiteJobStore(store_url.removeprefix("sqlite:///"), clock=clock)
+    else:
+        store = PostgresJobStore(store_url, clock=clock)
     yield store
     store.close()
 
@@ -89,9 +111,9 @@ def test_complete_only_once(store: JobStore) -> None:
     assert got.result == {"x": 1} and got.metrics == {"batch_size": 1}
 
 
-def test_start_deadline_expires_queued_jobs(store: JobStore) -> None:
-    job = Job(id="d", endpoint="a/b", input={"k": 0}, start_deadline=time.time() - 1)
-    keep = Job(id="k", endpoint="a/b", input={"k": 0}, start_deadline=time.time() + 60)
+def test_start_deadline_expires_queued_jobs(store: JobStore, clock: FakeClock) -> None:
+    job = Job(id="d", endpoint="a/b", input={"k": 0}, start_deadline=clock() - 1)
+    keep = Job(id="k", endpoint="a/b", input={"k": 0}, start_deadline=clock() + 60)
     store.create(job)
     store.create(keep)
     assert store.expire_deadlines() == ["d"]
@@ -113,12 +135,15 @@ def test_expired_lease_requeues_once_then_fails(store: JobStore) -> None:
     assert got.attempts == 2
 
 
-def test_heartbeat_keeps_lease(store: JobStore) -> None:
+def test_heartbeat_keeps_lease(store: JobStore, clock: FakeClock) -> None:
     (job,) = make(store, 1)
     store.claim_batch("a/b", "w", by_key, 1, lease_s=0.2)
+    store.start([job.id], "w")
     store.heartbeat([job.id], lease_s=60)
-    time.sleep(0.3)
+    clock.advance(30)  # past the first lease, within the renewed one
     assert store.recover_expired_leases(max_attempts=2) == []
+    clock.advance(31)  # no heartbeat for the whole renewed lease: the worker is taken for dead
+    assert store.recover_expired_leases(max_attempts=2) == [job.id]
 
 
 def test_logs_in_order_and_incremental(store: JobStore) -> None:
@@ -174,15 +199,15 @@ def test_claimed_but_unstarted_jobs_cost_no_attempt_and_can_be_released(store: J
     assert store.queue_depths() == {"a/b": 2}
 
 
-def test_start_expires_a_prefetched_job_past_its_deadline(store: JobStore) -> None:
-    late = Job(id="late", endpoint="a/b", input={"k": 0}, start_deadline=time.time() + 0.2)
+def test_start_expires_a_prefetched_job_past_its_deadline(store: JobStore, clock: FakeClock) -> None:
+    late = Job(id="late", endpoint="a/b", input={"k": 0}, start_deadline=clock() + 0.2)
     store.create(late)
     store.claim_batch("a/b", "w", by_key, 1, 30)
-    time.sleep(0.3)
+    clock.advance(0.3)
     assert store.start(["late"], "w") == []
     assert store.get("late").error["error_type"] == "request_timeout"
     # an expired queued job is not claimable (it is left for expire_deadlines)
-    store.create(Job(id="gone", endpoint="a/b", input={"k": 0}, start_deadline=time.time() - 1))
+    store.create(Job(id="gone", endpoint="a/b", input={"k": 0}, start_deadline=clock() - 1))
     assert store.claim_batch("a/b", "w", by_key, 1, 30) == []
 
 

@@ -11,7 +11,8 @@ Each pipeline owns ``weights/manifests/<pipeline>.json``::
 Files are looked up in the weights dir (``<weights_dir>/<repo_id>/<path>``) and then in the Hugging Face
 cache. Files with a ``convert`` step are served from their conversion under
 ``<weights_dir>/converted/<manifest>/<key>.safetensors`` (or a folder, for converters that split), so
-nothing is unpickled at serve time. Nothing here downloads; ``fal-onprem weights pull`` does
+nothing is unpickled at serve time. A file whose size differs from the manifest's (a truncated download) counts
+as ``damaged``: never served, fetched again by ``pull``. Nothing here downloads; ``fal-onprem weights pull`` does
 (``weights.download``, ``weights.cli``).
 """
 
@@ -21,6 +22,7 @@ import dataclasses
 import json
 import os
 import shlex
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -30,6 +32,7 @@ MANIFEST_DIR_ENV = "FAL_ONPREM_MANIFEST_DIR"
 WEIGHTS_DIR_ENV = "FAL_ONPREM_WEIGHTS_DIR"
 DEFAULT_WEIGHTS_DIR = Path("weights")
 CONVERTED_SUBDIR = "converted"
+META_SUBDIR = ".fal-onprem"  # per-file records (sha256, etag, an accepted mismatch) inside the weights dir
 
 _RESTRICTIVE_MARKERS = ("-nc", "non-commercial", "noncommercial", "research only", "research-only")
 
@@ -84,14 +87,18 @@ class MissingWeights(LookupError):
         missing: list[WeightFile],
         *,
         unconverted: list[WeightFile] | None = None,
+        damaged: list[str] | None = None,
         root: Path | str | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.missing = list(missing)
         self.unconverted = list(unconverted or [])
+        self.damaged = list(damaged or [])  # size_problem() messages, each naming its file
         self.root = root
-        self.pull_command = command_for(pipeline, "pull" if self.missing else "convert", root)
+        self.pull_command = command_for(pipeline, "pull" if self.missing or self.damaged else "convert", root)
         parts = []
+        if self.damaged:
+            parts.append("damaged " + "; ".join(self.damaged))
         if self.missing:
             parts.append("missing " + ", ".join(f.display_name for f in self.missing))
         if self.unconverted:
@@ -100,11 +107,13 @@ class MissingWeights(LookupError):
 
     def __reduce__(self) -> tuple:
         # picklable across processes (a worker reports it to the API process)
-        return (_rebuild_missing, (self.pipeline, self.missing, self.unconverted, self.root))
+        return (_rebuild_missing, (self.pipeline, self.missing, self.unconverted, self.damaged, self.root))
 
 
-def _rebuild_missing(pipeline: str, missing: list, unconverted: list, root: Path | str | None) -> MissingWeights:
-    return MissingWeights(pipeline, missing, unconverted=unconverted, root=root)
+def _rebuild_missing(
+    pipeline: str, missing: list, unconverted: list, damaged: list, root: Path | str | None
+) -> MissingWeights:
+    return MissingWeights(pipeline, missing, unconverted=unconverted, damaged=damaged, root=root)
 
 
 def command_for(pipeline: str, verb: str, root: Path | str | None = None) -> str:
@@ -211,19 +220,49 @@ def find(f: WeightFile, root: Path | None = None) -> Path | None:
     return Path(cached) if isinstance(cached, str) else None
 
 
+def meta_path(f: WeightFile, root: Path) -> Path:
+    return root / META_SUBDIR / f.repo_id / f"{f.filename}.json"
+
+
+def record(f: WeightFile, root: Path | None = None) -> dict:
+    """What ``pull`` / ``import`` recorded about the file (empty when nothing was)."""
+    try:
+        return json.loads(meta_path(f, weights_dir(root)).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def size_problem(f: WeightFile, path: Path, root: Path | None = None) -> str | None:
+    """None when the file has the manifest's size (or one accepted with ``import --accept-mismatch``)."""
+    if f.size is None:
+        return None
+    actual = path.stat().st_size
+    if actual == f.size:
+        return None
+    accepted = record(f, root)
+    if accepted.get("accepted_mismatch") and accepted.get("size") == actual:
+        return None
+    return f"{path} is {actual} bytes, expected {f.size} (truncated or a different file)"
+
+
 def find_ready(f: WeightFile, root: Path | None = None) -> Path | None:
-    """The path a pipeline loads at serve time: the conversion when ``f`` has one, else the file."""
+    """The path a pipeline loads at serve time: the conversion when ``f`` has one, else the file (when
+    its size is right)."""
     if not f.convert:
-        return find(f, root)
+        path = find(f, root)
+        return path if path is not None and size_problem(f, path, root) is None else None
     out = converted_path(f, root)
     return out if out is not None and out.exists() else None
 
 
 def state(f: WeightFile, root: Path | None = None) -> str:
-    """``ready``, ``unconverted`` (downloaded, conversion pending) or ``missing``."""
+    """``ready``, ``unconverted`` (downloaded, conversion pending), ``damaged`` (wrong size) or ``missing``."""
     if find_ready(f, root) is not None:
         return "ready"
-    return "unconverted" if find(f, root) is not None else "missing"
+    path = find(f, root)
+    if path is None:
+        return "missing"
+    return "damaged" if size_problem(f, path, root) else "unconverted"
 
 
 def _entry(pipeline: str, key: str) -> WeightFile:
@@ -241,8 +280,7 @@ def locate(pipeline: str, key: str, root: Path | None = None) -> Path:
     f = _entry(pipeline, key)
     path = find_ready(f, root)
     if path is None:
-        missing, unconverted = ([], [f]) if find(f, root) is not None else ([f], [])
-        raise MissingWeights(pipeline, missing, unconverted=unconverted, root=root)
+        raise _missing(pipeline, [f], root) or MissingWeights(pipeline, [f], root=root)
     return path
 
 
@@ -257,16 +295,25 @@ def locate_source(pipeline: str, key: str, root: Path | None = None) -> Path:
 
 def missing_weights(pipeline: str, root: Path | None = None) -> MissingWeights | None:
     """The MissingWeights error the pipeline would raise, or None when all its files are ready."""
+    return _missing(pipeline, manifest(pipeline), root)
+
+
+def _missing(pipeline: str, files: Iterable[WeightFile], root: Path | None) -> MissingWeights | None:
     missing: list[WeightFile] = []
     unconverted: list[WeightFile] = []
-    for f in manifest(pipeline):
+    damaged: list[str] = []
+    for f in files:
         s = state(f, root)
         if s == "missing":
             missing.append(f)
         elif s == "unconverted":
             unconverted.append(f)
-    if missing or unconverted:
-        return MissingWeights(pipeline, missing, unconverted=unconverted, root=root)
+        elif s == "damaged":
+            path = find(f, root)
+            assert path is not None
+            damaged.append(size_problem(f, path, root) or str(path))
+    if missing or unconverted or damaged:
+        return MissingWeights(pipeline, missing, unconverted=unconverted, damaged=damaged, root=root)
     return None
 
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from weights import ManifestError, all_pipelines, find, manifest, pull_missing, state, weights_dir
-from weights.download import Report, WeightsError, import_dir, pull, unique_files, verify
+from weights.download import Report, WeightsError, import_dir, plan_text, pull, to_fetch, unique_files, verify
 from weights.summary import human, table
 
 __all__ = ["add_subcommands", "main", "pull_missing", "run"]
@@ -43,12 +43,33 @@ def _licence_notes(pipelines: Sequence[str]) -> None:
         print(f"note: {p} uses weights under a restrictive licence: {lic}")
 
 
+def served_pipelines() -> list[str]:
+    """The manifests of the endpoints that run a model (the schema-only ones answer 503 with or without
+    weights), with the components they require."""
+    from pipelines import registry
+
+    names = {
+        spec.pipeline.split(".")[1]  # "pipelines.<name>.pipeline:Class" -> manifest name
+        for spec in registry.endpoints().values()
+        if spec.pipeline and spec.pipeline.startswith("pipelines.")
+    }
+    return [p for p in all_pipelines() if p in names]
+
+
+def _pull_targets(args: argparse.Namespace) -> list[str]:
+    if args.all and args.pipelines:
+        raise WeightsError("name pipelines or pass --all, not both")
+    return all_pipelines() if args.all else _pipelines(args.pipelines or served_pipelines())
+
+
 def _print_report(report: Report, verb: str) -> int:
     for name, msg in report.errors.items():
         print(f"error: {msg}" if msg.startswith(name) else f"error: {name}: {msg}", file=sys.stderr)
     print(f"{verb}: {len(report.done)} done, {len(report.skipped)} already present, {len(report.errors)} failed")
-    for why in report.failures.values():
-        print(f"not ready: {why}", file=sys.stderr)
+    if report.failures:
+        # the files were named once above; shared components would repeat them per pipeline
+        names = sorted(report.failures)
+        print(f"not ready: {', '.join(names)}; run `fal-onprem weights pull {' '.join(names)}`", file=sys.stderr)
     return 0 if report.ok else 1
 
 
@@ -99,8 +120,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    pipelines = _pipelines(args.pipelines)
+    pipelines = _pull_targets(args)
     _licence_notes(pipelines)
+    if args.dry_run:
+        print(f"pipelines: {', '.join(pipelines)}")
+        print(plan_text(to_fetch(unique_files(pipelines), weights_dir(args.weights_dir))))
+        return 0
     report = pull(
         pipelines,
         root=args.weights_dir,
@@ -119,6 +144,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         root=args.weights_dir,
         convert=not args.no_convert,
         delete_source=args.delete_source,
+        accept_mismatch=args.accept_mismatch,
     )
     return _print_report(report, "import")
 
@@ -168,7 +194,9 @@ def _add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable listing")
 
     p = command("pull", cmd_pull, "download (resumable) and convert missing weights")
-    p.add_argument("pipelines", nargs="*", help="pipelines (default: all)")
+    p.add_argument("pipelines", nargs="*", help="pipelines (default: the served ones)")
+    p.add_argument("--all", action="store_true", help="every pipeline, also the schema-only ones")
+    p.add_argument("--dry-run", action="store_true", help="say what would be downloaded, and how much, then stop")
     p.add_argument("--no-convert", action="store_true", help="download only")
     p.add_argument("--hf-cache", action="store_true", help="download into the Hugging Face cache instead")
     p.add_argument("--token", default=None, help="Hugging Face token (default: HF_TOKEN / `hf auth login`)")
@@ -185,6 +213,11 @@ def _add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("source", type=Path, help="a weights dir, a Hugging Face cache, or a flat folder of files")
     p.add_argument("pipelines", nargs="*", help="pipelines (default: all)")
     p.add_argument("--no-convert", action="store_true", help="copy only")
+    p.add_argument(
+        "--accept-mismatch",
+        action="store_true",
+        help="take a file whose size/sha256 differs from the manifest (logged and recorded; serving accepts it)",
+    )
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

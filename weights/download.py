@@ -1,17 +1,19 @@
 """Fetching weights: ``pull`` (Hugging Face Hub or a plain URL), ``import`` (a local folder) and the
 conversions that follow.
 
-Downloads use huggingface_hub (``HF_ENDPOINT``, ``HF_TOKEN``/``hf auth login``, ``HF_HUB_OFFLINE`` and its
-progress bars are honoured). Files land in ``<weights_dir>/<repo_id>/<path>``. Plain HTTP transfers
-keep a partial ``*.incomplete`` file next to the target, so an interrupted ``pull`` (network drop,
-Ctrl-C) resumes where it stopped on the next run; huggingface_hub also retries a dropped connection
-with a Range request within one run. Xet-backed files go through ``hf_hub_download`` (hf_xet does
-its own chunked transfer). Files already in the weights dir or the Hugging Face cache are reused.
+Only huggingface_hub's public API is used (``hf_hub_url``, ``get_hf_file_metadata``, ``build_hf_headers``,
+``hf_hub_download``): ``HF_ENDPOINT``, ``HF_TOKEN``/``hf auth login`` and ``HF_HUB_OFFLINE`` are honoured.
+Files land in ``<weights_dir>/<repo_id>/<path>``. Plain transfers (httpx) keep a partial
+``<file>.<tag>.incomplete`` next to the target, so a dropped connection (within a run) or an interrupted
+``pull`` (on the next run) resumes where it stopped with a Range request. Xet-stored files go through
+``hf_hub_download`` when hf_xet is installed (its own chunked transfer). Files already in the weights dir or
+the Hugging Face cache are reused; a file of the wrong size (a truncated copy) is fetched again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -28,14 +30,17 @@ from weights import (
     find,
     local_path,
     manifest,
+    meta_path,
     missing_weights,
+    record,
+    size_problem,
     state,
     weights_dir,
 )
+from weights.summary import human
 
 Say = Callable[[str], None]
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-META_SUBDIR = ".fal-onprem"  # per-file download records (etag, sha256) inside the weights dir
 
 
 class WeightsError(RuntimeError):
@@ -87,20 +92,13 @@ def sha256_of(path: Path, *, progress: bool = True) -> str:
     return digest.hexdigest()
 
 
-def _meta_path(f: WeightFile, root: Path) -> Path:
-    return root / META_SUBDIR / f.repo_id / f"{f.filename}.json"
-
-
 def recorded_sha256(f: WeightFile, root: Path) -> str | None:
     """The sha256 recorded when ``pull`` downloaded the file (for files the manifest has none for)."""
-    try:
-        return json.loads(_meta_path(f, root).read_text()).get("sha256")
-    except (OSError, ValueError):
-        return None
+    return record(f, root).get("sha256")
 
 
 def _record(f: WeightFile, root: Path, **info: object) -> None:
-    path = _meta_path(f, root)
+    path = meta_path(f, root)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"repo_id": f.repo_id, "filename": f.filename, **info}, indent=1))
 
@@ -126,10 +124,13 @@ def hub_endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
 
 
-def _resumable_get(url: str, dest: Path, *, tag: str, headers: dict, expected_size: int | None) -> None:
-    """GET ``url`` into ``dest`` through huggingface_hub's ``http_get`` (progress bar, Range retries),
-    keeping ``<dest>.<tag>.incomplete`` between runs so that a later run resumes it."""
-    from huggingface_hub.file_download import http_get
+def _resumable_get(
+    url: str, dest: Path, *, tag: str, expected_size: int | None, headers: dict | None = None, attempts: int = 3
+) -> None:
+    """GET ``url`` into ``dest`` with httpx, keeping ``<dest>.<tag>.incomplete`` between attempts and runs
+    so that a dropped connection or a later run resumes it with a Range request."""
+    import httpx
+    from tqdm.auto import tqdm
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(f"{dest.name}.{tag[:16]}.incomplete")
@@ -138,31 +139,42 @@ def _resumable_get(url: str, dest: Path, *, tag: str, headers: dict, expected_si
             stale.unlink()
     if expected_size is not None and part.exists() and part.stat().st_size > expected_size:
         part.unlink()
-    with part.open("ab") as fh:
-        resume = fh.tell()
-        if resume:
-            _stderr(f"resuming {dest.name} at {resume} bytes")
-        http_get(
-            url,
-            fh,
-            resume_size=resume,
-            headers=headers,
-            expected_size=expected_size,
-            displayed_filename=dest.name,
-        )
+    for attempt in range(1, attempts + 1):
+        done = part.stat().st_size if part.exists() else 0
+        if expected_size is not None and done == expected_size:
+            break
+        request = {**(headers or {}), "Accept-Encoding": "identity", **({"Range": f"bytes={done}-"} if done else {})}
+        if done:
+            _stderr(f"resuming {dest.name} at {done} bytes")
+        try:
+            with httpx.stream("GET", url, headers=request, follow_redirects=True, timeout=60) as r:
+                r.raise_for_status()
+                if done and r.status_code != 206:  # the server ignored the Range: start over
+                    done = 0
+                total = expected_size if expected_size is not None else None
+                with (
+                    part.open("r+b" if done else "wb") as fh,
+                    tqdm(total=total, initial=done, unit="B", unit_scale=True, desc=dest.name) as bar,
+                ):
+                    fh.seek(done)
+                    fh.truncate()
+                    for chunk in r.iter_bytes():  # as received: a drop keeps every byte so far
+                        fh.write(chunk)
+                        bar.update(len(chunk))
+            break
+        except httpx.TransportError as e:
+            if attempt == attempts:
+                raise WeightsError(f"{url}: {type(e).__name__}: {e}; run the same command again to resume") from e
     part.replace(dest)
 
 
 def _use_xet(meta: object) -> bool:
+    """Xet-stored files go through hf_hub_download when the hf_xet package can fetch their chunks."""
     if getattr(meta, "xet_file_data", None) is None:
         return False
     if os.environ.get("HF_HUB_DISABLE_XET", "").lower() in ("1", "true", "yes", "on"):
         return False
-    try:
-        from huggingface_hub.utils._runtime import is_xet_available
-    except ImportError:  # pragma: no cover - moved in another huggingface_hub version
-        return False
-    return is_xet_available()
+    return importlib.util.find_spec("hf_xet") is not None
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
@@ -176,10 +188,10 @@ def _download_hub(f: WeightFile, root: Path, token: str | bool | None) -> None:
 
     endpoint = hub_endpoint()
     url = hf_hub_url(f.repo_id, f.filename, repo_type=f.repo_type, revision=f.revision, endpoint=endpoint)
-    meta = get_hf_file_metadata(url, token=token, endpoint=endpoint, retry_on_errors=True)
-    dest = local_path(f, root)
+    meta = get_hf_file_metadata(url, token=token, endpoint=endpoint)
     if meta.etag is None or meta.commit_hash is None:
         raise WeightsError(f"{url} did not answer like a Hugging Face Hub (no ETag / X-Repo-Commit)")
+    dest = local_path(f, root)
     if _use_xet(meta):
         # Xet storage: hf_xet fetches chunks in parallel (HF_HUB_DISABLE_XET=1 selects the resumable HTTP path)
         hf_hub_download(
@@ -193,13 +205,12 @@ def _download_hub(f: WeightFile, root: Path, token: str | bool | None) -> None:
         )
     else:
         headers = build_hf_headers(token=token)
-        headers["Accept-Encoding"] = "identity"
-        if meta.xet_file_data is None and _origin(meta.location) != _origin(url):
-            headers.pop("authorization", None)  # signed CDN URL: never forward the token
-        size = meta.size if meta.size is not None else f.size
         # Xet-stored files are fetched from the resolve URL itself (it redirects to a byte-serving bridge)
         source = url if meta.xet_file_data is not None else meta.location
-        _resumable_get(source, dest, tag=meta.etag, headers=headers, expected_size=size)
+        if _origin(source) != _origin(url):
+            headers.pop("authorization", None)  # signed CDN URL: never forward the token
+        size = meta.size if meta.size is not None else f.size
+        _resumable_get(source, dest, tag=meta.etag, expected_size=size, headers=headers)
     lfs_sha = meta.etag if SHA256_RE.match(meta.etag) else None
     digest = _check_failing_removes(f, dest, f.sha256 or lfs_sha)
     _record(f, root, sha256=digest, etag=meta.etag, commit=meta.commit_hash, size=dest.stat().st_size)
@@ -208,7 +219,7 @@ def _download_hub(f: WeightFile, root: Path, token: str | bool | None) -> None:
 def _download_url(f: WeightFile, root: Path) -> None:
     dest = local_path(f, root)
     tag = (f.sha256 or hashlib.sha256(f.url.encode()).hexdigest())[:16]
-    _resumable_get(f.url, dest, tag=tag, headers={"Accept-Encoding": "identity"}, expected_size=f.size)
+    _resumable_get(f.url, dest, tag=tag, expected_size=f.size)
     digest = _check_failing_removes(f, dest, f.sha256)
     _record(f, root, sha256=digest, url=f.url, size=dest.stat().st_size)
 
@@ -295,6 +306,9 @@ def convert_files(
         if src is None:
             report.errors[f.display_name] = "not downloaded; cannot convert"
             continue
+        if problem := size_problem(f, src, root):
+            report.errors[f.display_name] = f"damaged: {problem}; cannot convert"
+            continue
         say(f"converting {f.display_name} ({f.convert}) -> {dst}")
         try:
             run_conversion(f.convert, src, dst)
@@ -322,6 +336,24 @@ def _finish(report: Report, pipelines: Iterable[str], root: Path, *, converted: 
     return report
 
 
+def to_fetch(files: Iterable[WeightFile], root: Path) -> list[WeightFile]:
+    """The files ``pull`` downloads: missing ones and damaged (wrong-size) ones."""
+    return [f for f in files if state(f, root) in ("missing", "damaged")]
+
+
+def plan_text(files: list[WeightFile]) -> str:
+    """What ``pull`` will download, each file once, with the total size."""
+    if not files:
+        return "nothing to download"
+    known = sum(f.expected_bytes or 0 for f in files)
+    unknown = sum(f.expected_bytes is None for f in files)
+    total = f"{human(known)} + {unknown} of unknown size" if unknown and known else human(known)
+    total = "size unknown" if unknown == len(files) else total
+    lines = [f"will download {len(files)} file(s), {total}:"]
+    lines += [f"  {human(f.expected_bytes):>9}  {f.display_name}" for f in files]
+    return "\n".join(lines)
+
+
 def pull(
     pipelines: Iterable[str],
     *,
@@ -336,18 +368,20 @@ def pull(
     pipelines = list(pipelines)
     root = weights_dir(root)
     files = unique_files(pipelines)
-    report = Report()
-    for f in files:
-        if state(f, root) == "ready" or find(f, root) is not None:
-            report.skipped.append(f.display_name)
-            continue
-        say(f"downloading {f.display_name}")
+    fetch = to_fetch(files, root)
+    say(plan_text(fetch))
+    report = Report(skipped=[f.display_name for f in files if f not in fetch])
+    for f in fetch:
+        damaged = local_path(f, root)
+        if damaged.is_file():
+            say(f"fetching again: {size_problem(f, damaged, root)}")
+            damaged.unlink()
+        say(f"downloading {f.display_name} ({human(f.expected_bytes)})")
         try:
             download(f, root, token=token, hf_cache=hf_cache)
             report.done.append(f.display_name)
         except WeightsError as e:
-            report.errors[f.display_name] = str(e)
-            say(f"error: {e}")
+            report.errors[f.display_name] = str(e)  # printed once, in the report
     if convert:
         present = [f for f in files if find(f, root) is not None]  # failed fetches are reported already
         conv = convert_files(present, root, delete_source=delete_source, say=say)
@@ -381,6 +415,28 @@ def _copy(src: Path, dst: Path) -> None:
     tmp.replace(dst)
 
 
+def _mismatch(f: WeightFile, path: Path) -> str | None:
+    """How ``path`` differs from the manifest's size / sha256 (None when it does not, or nothing is pinned)."""
+    size = path.stat().st_size
+    if f.size is not None and size != f.size:
+        return f"size {size} bytes, expected {f.size}"
+    if f.sha256 and (digest := sha256_of(path)) != f.sha256.lower():
+        return f"sha256 {digest}, expected {f.sha256}"
+    return None
+
+
+def _import_file(f: WeightFile, src: Path, root: Path, mismatch: str | None, say: Say) -> None:
+    dest = local_path(f, root)
+    if mismatch:
+        say(f"warning: importing {src} although it does not match the manifest ({mismatch}): --accept-mismatch")
+    else:
+        say(f"importing {src}")
+    _copy(src, dest)
+    size = dest.stat().st_size
+    info = {"accepted_mismatch": mismatch} if mismatch else {}
+    _record(f, root, sha256=sha256_of(dest), size=size, source=str(src), **info)
+
+
 def import_dir(
     src: Path | str,
     pipelines: Iterable[str],
@@ -388,10 +444,15 @@ def import_dir(
     root: Path | str | None = None,
     convert: bool = True,
     delete_source: bool = False,
+    accept_mismatch: bool = False,
     say: Say = _stderr,
 ) -> Report:
     """Copy weights from a folder (another weights dir, a Hugging Face cache, or a flat folder) for
-    air-gapped installs; converted outputs found under ``<src>/converted/`` are taken as they are."""
+    air-gapped installs; converted outputs found under ``<src>/converted/`` are taken as they are.
+
+    A file found with another size or sha256 than the manifest's is reported as a mismatch and not copied;
+    ``accept_mismatch`` copies it anyway, says so, and records it so that serving accepts that exact file.
+    """
     pipelines = list(pipelines)
     src = Path(src)
     root = weights_dir(root)
@@ -411,23 +472,24 @@ def import_dir(
                 _copy(shipped, target)
                 report.done.append(f.display_name)
                 continue
-        if find(f, root) is not None:
+        if state(f, root) == "unconverted":
             continue  # present, conversion pending
-        for cand in _candidates(f, src):
-            if not cand.is_file() or (f.size is not None and cand.stat().st_size != f.size):
-                continue
-            dest = local_path(f, root)
-            say(f"importing {cand}")
-            _copy(cand, dest)
-            try:
-                _check_failing_removes(f, dest, f.sha256)
-            except WeightsError as e:
-                report.errors[f.display_name] = str(e)
-                break
-            report.done.append(f.display_name)
-            break
-        else:
+        found = [c for c in _candidates(f, src) if c.is_file()]
+        if not found:
             report.errors[f.display_name] = f"not found in {src}"
+            continue
+        mismatches = []
+        for cand in found:
+            problem = _mismatch(f, cand)
+            if problem is None or accept_mismatch:
+                _import_file(f, cand, root, problem, say)
+                report.done.append(f.display_name)
+                break
+            mismatches.append(f"{cand}: {problem}")
+        else:
+            report.errors[f.display_name] = (
+                f"mismatch: {'; '.join(mismatches)} (`weights import --accept-mismatch` takes such a file on purpose)"
+            )
     if convert:
         present = [f for f in files if find(f, root) is not None]  # failed fetches are reported already
         conv = convert_files(present, root, delete_source=delete_source, say=say)
@@ -443,7 +505,7 @@ def import_dir(
 class Check:
     file: str
     path: Path | None
-    status: str  # ok | unpinned | missing | size-mismatch | sha256-mismatch | unreadable
+    status: str  # ok | unpinned | accepted | missing | size-mismatch | sha256-mismatch | unreadable
     detail: str = ""
 
     @property
@@ -484,6 +546,14 @@ def verify(pipelines: Iterable[str], *, root: Path | str | None = None, hashes: 
                 checks.append(Check(f.display_name, None, "missing"))
             continue
         size = path.stat().st_size
+        accepted = record(f, root).get("accepted_mismatch")
+        if accepted and size_problem(f, path, root) is None:
+            digest = sha256_of(path) if hashes else recorded_sha256(f, root)
+            ok = digest == recorded_sha256(f, root)
+            checks.append(
+                Check(f.display_name, path, "accepted" if ok else "sha256-mismatch", f"imported on purpose: {accepted}")
+            )
+            continue
         if f.size is not None and size != f.size:
             checks.append(Check(f.display_name, path, "size-mismatch", f"{size} bytes, expected {f.size}"))
             continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,25 @@ def device_index(device: str) -> int:
     return int(device.partition(":")[2] or 0)
 
 
+@cache
+def _load_cuda_libraries() -> None:
+    """onnxruntime-gpu finds CUDA and cuDNN in the nvidia-* wheels that torch installs (the same CUDA 13;
+    there is no system CUDA in the image) only once they are loaded into the process."""
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime >= 1.21
+    if preload is None or "CUDAExecutionProvider" not in ort.get_available_providers():
+        return
+    try:
+        preload()
+    except Exception as e:  # a system CUDA may still satisfy the provider: say why, don't fail here
+        log.warning("onnxruntime could not preload the CUDA/cuDNN libraries of the nvidia wheels: %s", e)
+
+
 def providers_for(device: str, tensorrt: bool = False) -> list[Provider]:
     """Providers for ``device`` ("cpu", "cuda", "cuda:1"); CPU when this build has no CUDA provider."""
     if not device.startswith("cuda"):
         return ["CPUExecutionProvider"]
     available = ort.get_available_providers()
+    _load_cuda_libraries()
     if "CUDAExecutionProvider" not in available:
         log.warning("device %s asked for, but onnxruntime has no CUDA provider: running on CPU", device)
         return ["CPUExecutionProvider"]

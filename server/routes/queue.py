@@ -22,8 +22,8 @@ from server.errors import SUBMIT_RESPONSES, FalError, job_error_response
 from server.store import JobStore
 from server.urls import base_url, request_urls
 
-STREAM_POLL_S = 0.1
 STREAM_KEEPALIVE_S = 10.0
+QUEUED_STREAM_MIN_S = 0.1  # a queued job's stream re-reads its position at most this often (busy queues)
 
 
 def _store(request: Request) -> JobStore:
@@ -124,22 +124,28 @@ def build_router(endpoints: dict[str, EndpointSpec]) -> APIRouter:
             # An event whenever the status or queue position changes or new log lines arrive; each
             # event carries only the new lines (the JS client appends them to its own list).
             # Closed only after the COMPLETED event.
+            # Woken by this job's changes, and while queued by any job's (its position moves); Starlette
+            # ends the stream when the client disconnects.
             sent_logs, last_state, last_time = 0, None, time.monotonic()
-            while True:
-                body, fresh = await to_thread.run_sync(poll, sent_logs)
-                state = (body["status"], body.get("queue_position"))
-                if fresh or state != last_state or body["status"] == "COMPLETED":
-                    yield f"data: {json.dumps(body)}\n\n"
-                    sent_logs += fresh
-                    last_state, last_time = state, time.monotonic()
-                if body["status"] == "COMPLETED":
-                    return
-                if time.monotonic() - last_time > STREAM_KEEPALIVE_S:
-                    yield ": ping\n\n"
-                    last_time = time.monotonic()
-                if await request.is_disconnected():
-                    return
-                await asyncio.sleep(STREAM_POLL_S)
+            hub = request.app.state.job_events
+            with hub.watch(job.id) as watch:
+                while True:
+                    body, fresh = await to_thread.run_sync(poll, sent_logs)
+                    watch.follow_all_jobs(body["status"] == "IN_QUEUE")
+                    state = (body["status"], body.get("queue_position"))
+                    if fresh or state != last_state or body["status"] == "COMPLETED":
+                        yield f"data: {json.dumps(body)}\n\n"
+                        sent_logs += fresh
+                        last_state, last_time = state, time.monotonic()
+                    if body["status"] == "COMPLETED":
+                        return
+                    if time.monotonic() - last_time > STREAM_KEEPALIVE_S:
+                        yield ": ping\n\n"
+                        last_time = time.monotonic()
+                    polled = time.monotonic()
+                    await watch.wait(min(hub.fallback_s, STREAM_KEEPALIVE_S))
+                    if body["status"] == "IN_QUEUE":
+                        await asyncio.sleep(max(0.0, polled + QUEUED_STREAM_MIN_S - time.monotonic()))
 
         return StreamingResponse(
             events(),

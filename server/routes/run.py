@@ -5,8 +5,6 @@ before it finishes, the job is cancelled so no GPU time is spent on an answer no
 This module must not use ``from __future__ import annotations`` (see routes/queue.py).
 """
 
-import asyncio
-
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
@@ -17,8 +15,7 @@ from server.auth import caller_key_id
 from server.errors import SUBMIT_RESPONSES, FalError, job_error_response
 from server.store import JobStore
 from server.urls import base_url
-
-POLL_MIN_S, POLL_MAX_S = 0.005, 0.1  # short jobs answer fast; long ones poll gently
+from server.waiting import wait_until_done
 
 
 def run_route(spec: EndpointSpec):
@@ -45,17 +42,10 @@ def run_route(spec: EndpointSpec):
                 caps=request.app.state.settings.caps(spec.endpoint_id),
             )
         )
-        poll = POLL_MIN_S
-        while True:
-            current = await to_thread.run_sync(store.get, job.id)
-            assert current is not None
-            if current.status == "COMPLETED":
-                break
-            if await request.is_disconnected():
-                await to_thread.run_sync(store.request_cancel, job.id)
-                return Response(status_code=499)
-            await asyncio.sleep(poll)
-            poll = min(POLL_MAX_S, poll * 1.5)
+        current = await wait_until_done(request, job.id)
+        if current is None:  # the client went away
+            await to_thread.run_sync(store.request_cancel, job.id)
+            return Response(status_code=499)
         if current.error:
             return job_error_response(current.error, current.id)
         return JSONResponse(current.result, headers={"x-fal-request-id": current.id})

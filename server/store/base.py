@@ -7,6 +7,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from server.store.notify import Notifier
+
 Status = Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
 Priority = Literal["normal", "low"]
 PRIORITY_RANK: dict[str, int] = {"normal": 0, "low": 1}
@@ -80,6 +82,8 @@ class PipelineState:
 class JobStore(Protocol):
     """Safe for concurrent use by the API process and several worker processes."""
 
+    events: Notifier  # publishes server.store.notify's channels after each relevant commit
+
     # -- API side
     def create(self, job: Job) -> None: ...
     def get(self, job_id: str) -> Job | None: ...
@@ -106,6 +110,7 @@ class JobStore(Protocol):
     def release(self, job_ids: list[str], worker_id: str) -> None: ...
     def heartbeat(self, job_ids: list[str], lease_s: float, worker_id: str | None = None) -> None: ...
     def append_log(self, job_id: str, entry: LogEntry) -> None: ...
+    def append_logs(self, job_ids: list[str], entry: LogEntry) -> None: ...
     def is_cancel_requested(self, job_ids: list[str]) -> set[str]: ...
     def complete(
         self,

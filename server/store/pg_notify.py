@@ -19,6 +19,8 @@ import select
 import threading
 from typing import Any
 
+from server.store.notify import MISSED
+
 log = logging.getLogger("fal_onprem.store")
 
 CHANNEL_PREFIX = "fal_onprem_"
@@ -63,7 +65,8 @@ class PostgresSubscription:
                 if conn is None:
                     self._connect()
                     attempt = 0
-                    self._signal()  # what happened while we were away is unknown: waiters re-read the store
+                    self._pending.put(MISSED)  # what happened while we were away is unknown: re-check it all
+                    self._signal()
                     continue
                 ready, _, _ = select.select([conn.pgconn.socket, self._stop_read], [], [], 5.0)
                 if self._closed.is_set():

@@ -29,6 +29,8 @@ from server.store.base import (
     within_key_cap,
 )
 from server.store.migrations import upgrade
+from server.store.notify import DONE, JOBS, LOG, QUEUE, STARTED, WEBHOOK
+from server.store.pg_notify import PostgresNotifier, pg_channel
 
 _JOB_COLUMNS = (
     "id, endpoint, input, status, priority, key_id, base_url, created_at, started_at, finished_at, "
@@ -76,16 +78,38 @@ def _webhook(row: dict[str, Any]) -> WebhookDelivery:
 _ENQUEUE_WEBHOOK = (
     "INSERT INTO webhooks (job_id, url, state, next_attempt_at, created_at) "
     "SELECT id, webhook_url, 'pending', %(now)s, %(now)s FROM jobs WHERE id = ANY(%(ids)s) "
-    "AND webhook_url IS NOT NULL ON CONFLICT (job_id) DO NOTHING"
+    "AND webhook_url IS NOT NULL ON CONFLICT (job_id) DO NOTHING RETURNING job_id"
 )
 
 
+def _finished(conn: Any, ids: list[str], now: float) -> list[tuple[str, str]]:
+    """Owe the webhooks of jobs that just completed (inside the completing transaction); returns the
+    notifications: each job is done, and a webhook is due for those that have one."""
+    if not ids:
+        return []
+    owed = [r["job_id"] for r in conn.execute(_ENQUEUE_WEBHOOK, {"now": now, "ids": ids}).fetchall()]
+    return [(JOBS, f"{i} {DONE}") for i in ids] + [(JOBS, f"{i} {WEBHOOK}") for i in owed]
+
+
+def _notify(conn: Any, notes: list[tuple[str, str]]) -> None:
+    """NOTIFY inside the transaction: delivered when it commits, never for a rolled-back change."""
+    if notes:
+        conn.execute(
+            "SELECT pg_notify(c, p) FROM unnest(%s::text[], %s::text[]) AS t(c, p)",
+            ([pg_channel(c) for c, _ in notes], [p for _, p in notes]),
+        )
+
+
 class PostgresJobStore:
-    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8) -> None:
+    def __init__(
+        self, url: str, *, min_size: int = 1, max_size: int = 8, clock: Callable[[], float] = time.time
+    ) -> None:
+        """``clock`` (wall-clock seconds) stamps leases, deadlines and webhooks; tests pass a fake one."""
         from psycopg.rows import dict_row
         from psycopg_pool import ConnectionPool
 
         self.url = url
+        self.clock = clock
         upgrade(url)
         # check: a connection is tested when taken from the pool, so a database restart costs the callers
         # of that moment an error, not every pooled connection one failure later
@@ -98,6 +122,7 @@ class PostgresJobStore:
             open=True,
             name="fal-onprem",
         )
+        self.events = PostgresNotifier(url, self.pool)
 
     @classmethod
     def from_url(cls, url: str) -> PostgresJobStore:
@@ -113,6 +138,7 @@ class PostgresJobStore:
 
     def close(self) -> None:
         self.pool.close()
+        self.events.close()
 
     # -- API side
     def create(self, job: Job) -> None:
@@ -137,6 +163,7 @@ class PostgresJobStore:
                     Jsonb(job.metrics),
                 ),
             )
+            _notify(conn, [(QUEUE, job.endpoint)])
 
     def get(self, job_id: str) -> Job | None:
         row = self._one(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = %s", (job_id,))
@@ -154,7 +181,7 @@ class PostgresJobStore:
     def request_cancel(self, job_id: str) -> CancelOutcome:
         from psycopg.types.json import Jsonb
 
-        now = time.time()
+        now = self.clock()
         with self.pool.connection() as conn, conn.transaction():
             row = conn.execute("SELECT status FROM jobs WHERE id = %s FOR UPDATE", (job_id,)).fetchone()
             if row is None:
@@ -167,7 +194,7 @@ class PostgresJobStore:
                     "WHERE id = %s",
                     (Jsonb(CANCELLED_ERROR), now, job_id),
                 )
-                conn.execute(_ENQUEUE_WEBHOOK, {"now": now, "ids": [job_id]})
+                _notify(conn, _finished(conn, [job_id], now))
             else:
                 conn.execute("UPDATE jobs SET cancel_requested = TRUE WHERE id = %s", (job_id,))
         return "CANCELLATION_REQUESTED"
@@ -213,7 +240,7 @@ class PostgresJobStore:
                 "INSERT INTO worker_stats VALUES (%s,%s,%s,%s,%s) ON CONFLICT (worker_id) DO UPDATE SET "
                 "device = EXCLUDED.device, gpu_memory_allocated = EXCLUDED.gpu_memory_allocated, "
                 "gpu_memory_reserved = EXCLUDED.gpu_memory_reserved, updated_at = EXCLUDED.updated_at",
-                (worker_id, device, allocated, reserved, time.time()),
+                (worker_id, device, allocated, reserved, self.clock()),
             )
 
     def worker_stats(self) -> list[dict[str, Any]]:
@@ -228,7 +255,7 @@ class PostgresJobStore:
         """A worker's own numbers by (metric name, endpoint): gauges replace; histograms are cumulative."""
         from psycopg.types.json import Jsonb
 
-        now = time.time()
+        now = self.clock()
         with self.pool.connection() as conn, conn.transaction():
             for (name, endpoint), value in gauges.items():
                 conn.execute(
@@ -291,7 +318,7 @@ class PostgresJobStore:
         ``max_running_per_key``, claims of the endpoint take turns (an advisory lock) so that two workers
         cannot both start a key's last allowed job.
         """
-        now = time.time()
+        now = self.clock()
         with self.pool.connection() as conn, conn.transaction():
             if max_running_per_key is not None:
                 conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"claim:{endpoint}",))
@@ -325,7 +352,7 @@ class PostgresJobStore:
 
         if not job_ids:
             return []
-        now = time.time()
+        now = self.clock()
         with self.pool.connection() as conn, conn.transaction():
             late = conn.execute(
                 "UPDATE jobs SET status = 'COMPLETED', finished_at = %s, error = %s, lease_until = NULL "
@@ -333,23 +360,25 @@ class PostgresJobStore:
                 "AND attempts = 0 RETURNING id",
                 (now, Jsonb(TIMEOUT_ERROR), job_ids, worker_id, now),
             ).fetchall()
-            if late:
-                conn.execute(_ENQUEUE_WEBHOOK, {"now": now, "ids": [r["id"] for r in late]})
+            notes = _finished(conn, [r["id"] for r in late], now)
             started = conn.execute(
                 "UPDATE jobs SET started_at = %s, attempts = attempts + 1 WHERE id = ANY(%s) "
                 "AND status = 'IN_PROGRESS' AND worker_id = %s RETURNING id",
                 (now, job_ids, worker_id),
             ).fetchall()
+            _notify(conn, notes + [(JOBS, f"{r['id']} {STARTED}") for r in started])
         ids = {r["id"] for r in started}
         return [j for j in job_ids if j in ids]
 
     def release(self, job_ids: list[str], worker_id: str) -> None:
-        with self.pool.connection() as conn:
-            conn.execute(
+        with self.pool.connection() as conn, conn.transaction():
+            rows = conn.execute(
                 "UPDATE jobs SET status = 'IN_QUEUE', worker_id = NULL, lease_until = NULL "
-                "WHERE id = ANY(%s) AND status = 'IN_PROGRESS' AND worker_id = %s AND started_at IS NULL",
+                "WHERE id = ANY(%s) AND status = 'IN_PROGRESS' AND worker_id = %s AND started_at IS NULL "
+                "RETURNING endpoint",
                 (job_ids, worker_id),
-            )
+            ).fetchall()
+            _notify(conn, [(QUEUE, e) for e in dict.fromkeys(r["endpoint"] for r in rows)])
 
     def heartbeat(self, job_ids: list[str], lease_s: float, worker_id: str | None = None) -> None:
         if not job_ids:
@@ -358,15 +387,23 @@ class PostgresJobStore:
             conn.execute(
                 "UPDATE jobs SET lease_until = %s WHERE status = 'IN_PROGRESS' AND id = ANY(%s) "
                 "AND (%s::text IS NULL OR worker_id = %s)",
-                (time.time() + lease_s, job_ids, worker_id, worker_id),
+                (self.clock() + lease_s, job_ids, worker_id, worker_id),
             )
 
     def append_log(self, job_id: str, entry: LogEntry) -> None:
-        with self.pool.connection() as conn:
+        self.append_logs([job_id], entry)
+
+    def append_logs(self, job_ids: list[str], entry: LogEntry) -> None:
+        """The same line for several jobs (a batch-wide message), in one transaction."""
+        if not job_ids:
+            return
+        with self.pool.connection() as conn, conn.transaction():
             conn.execute(
-                "INSERT INTO logs (job_id, message, level, source, timestamp) VALUES (%s,%s,%s,%s,%s)",
-                (job_id, entry.message, entry.level, entry.source, entry.timestamp),
+                "INSERT INTO logs (job_id, message, level, source, timestamp) "
+                "SELECT unnest(%s::text[]), %s, %s, %s, %s",
+                (job_ids, entry.message, entry.level, entry.source, entry.timestamp),
             )
+            _notify(conn, [(JOBS, f"{job_id} {LOG}") for job_id in job_ids])
 
     def is_cancel_requested(self, job_ids: list[str]) -> set[str]:
         if not job_ids:
@@ -386,7 +423,7 @@ class PostgresJobStore:
         """Finish a running job (of ``worker_id`` when given) and owe its webhook, in one transaction."""
         from psycopg.types.json import Jsonb
 
-        now = time.time()
+        now = self.clock()
         with self.pool.connection() as conn, conn.transaction():
             cur = conn.execute(
                 "UPDATE jobs SET status = 'COMPLETED', finished_at = %s, result = %s, error = %s, metrics = %s, "
@@ -403,13 +440,13 @@ class PostgresJobStore:
             )
             if cur.rowcount != 1:
                 return False
-            conn.execute(_ENQUEUE_WEBHOOK, {"now": now, "ids": [job_id]})
+            _notify(conn, _finished(conn, [job_id], now))
             return True
 
     def expire_deadlines(self, now: float | None = None) -> list[str]:
         from psycopg.types.json import Jsonb
 
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         with self.pool.connection() as conn, conn.transaction():
             rows = conn.execute(
                 "UPDATE jobs SET status = 'COMPLETED', finished_at = %s, error = %s WHERE status = 'IN_QUEUE' "
@@ -417,18 +454,17 @@ class PostgresJobStore:
                 (now, Jsonb(TIMEOUT_ERROR), now),
             ).fetchall()
             ids = [r["id"] for r in rows]
-            if ids:
-                conn.execute(_ENQUEUE_WEBHOOK, {"now": now, "ids": ids})
+            _notify(conn, _finished(conn, ids, now))
         return ids
 
     def recover_expired_leases(self, max_attempts: int, now: float | None = None) -> list[str]:
         """Jobs of a dead worker (lease expired): re-queue if attempts remain, else fail them."""
         from psycopg.types.json import Jsonb
 
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         with self.pool.connection() as conn, conn.transaction():
             rows = conn.execute(
-                "SELECT id, attempts FROM jobs WHERE status = 'IN_PROGRESS' AND lease_until < %s "
+                "SELECT id, endpoint, attempts FROM jobs WHERE status = 'IN_PROGRESS' AND lease_until < %s "
                 "FOR UPDATE SKIP LOCKED",
                 (now,),
             ).fetchall()
@@ -446,7 +482,8 @@ class PostgresJobStore:
                     "WHERE id = ANY(%s)",
                     (now, Jsonb(runner_disconnected_error(max_attempts)), give_up),
                 )
-                conn.execute(_ENQUEUE_WEBHOOK, {"now": now, "ids": give_up})
+            requeued = dict.fromkeys(r["endpoint"] for r in rows if r["attempts"] < max_attempts)
+            _notify(conn, [(QUEUE, e) for e in requeued] + _finished(conn, give_up, now))
         return [r["id"] for r in rows]
 
     def set_pipeline_state(self, state: PipelineState) -> None:
@@ -464,7 +501,7 @@ class PostgresJobStore:
 
     # -- webhook outbox
     def claim_webhooks(self, owner: str, limit: int, lease_s: float, now: float | None = None) -> list[WebhookDelivery]:
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         with self.pool.connection() as conn, conn.transaction():
             rows = conn.execute(
                 "UPDATE webhooks SET owner = %s, lease_until = %s WHERE job_id IN (SELECT job_id FROM webhooks "
@@ -484,7 +521,7 @@ class PostgresJobStore:
         error: str | None = None,
         next_attempt_at: float | None = None,
     ) -> bool:
-        now = time.time()
+        now = self.clock()
         state = "pending" if outcome == "retry" else outcome
         with self.pool.connection() as conn:
             cur = conn.execute(

@@ -29,6 +29,7 @@ from server.store.base import (
     runner_disconnected_error,
     within_key_cap,
 )
+from server.store.notify import DONE, JOBS, LOG, QUEUE, STARTED, WEBHOOK, LocalNotifier
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -119,17 +120,31 @@ _JOB_COLUMNS = (
 )
 
 
+_WRITE_LOCKS: dict[Path, threading.Lock] = {}
+
+
+def _write_lock(path: Path) -> threading.Lock:
+    """One lock per database file and process (a worker opens several stores on one file)."""
+    return _WRITE_LOCKS.setdefault(path.resolve(), threading.Lock())
+
+
 def _loads(value: str | None) -> Any:
     return None if value is None else json.loads(value)
 
 
-def _enqueue_webhook(db: sqlite3.Connection, job_id: str, now: float) -> None:
-    """Owe a webhook for a job that just completed: call inside the completing transaction."""
-    db.execute(
+def _enqueue_webhook(db: sqlite3.Connection, job_id: str, now: float) -> list[tuple[str, str]]:
+    """Owe a webhook for a job that just completed: call inside the completing transaction.
+
+    Returns the notifications to publish once the transaction committed (the job is done; a
+    webhook is due when one was owed).
+    """
+    cur = db.execute(
         "INSERT OR IGNORE INTO webhooks (job_id, url, state, next_attempt_at, created_at) "
         "SELECT id, webhook_url, 'pending', ?, ? FROM jobs WHERE id = ? AND webhook_url IS NOT NULL",
         (now, now, job_id),
     )
+    done = [(JOBS, f"{job_id} {DONE}")]
+    return [*done, (JOBS, f"{job_id} {WEBHOOK}")] if cur.rowcount == 1 else done
 
 
 def _row_to_webhook(row: sqlite3.Row) -> WebhookDelivery:
@@ -170,11 +185,16 @@ def _row_to_job(row: sqlite3.Row) -> Job:
 
 
 class SQLiteJobStore:
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, clock: Callable[[], float] = time.time) -> None:
+        """``clock`` (wall-clock seconds) stamps leases, deadlines and webhooks; tests pass a fake one."""
         self.path = Path(path)
+        self.clock = clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self._write_lock = _write_lock(self.path)
         self._db().executescript(SCHEMA)
+        # Wake-ups for waiters in any process using this database (published after each commit).
+        self.events = LocalNotifier(self.path.parent / f"{self.path.stem}.notify")
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteJobStore:
@@ -197,19 +217,31 @@ class SQLiteJobStore:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        # Writers of one process queue on a lock: SQLite's own busy handler would make them sleep 1, 2,
+        # 5, 10 ... ms between retries, which is most of a short request's latency under load.
+        with self._write_lock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def _publish(self, notes: list[tuple[str, str]]) -> None:
+        """One datagram per channel for all of a commit's notifications."""
+        by_channel: dict[str, list[str]] = {}
+        for channel, payload in notes:
+            by_channel.setdefault(channel, []).append(payload)
+        for channel, payloads in by_channel.items():
+            self.events.publish(channel, "\n".join(dict.fromkeys(payloads)))
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)
         if db is not None:
             db.close()
             self._local.db = None
+        self.events.close()
 
     # -- API side
     def create(self, job: Job) -> None:
@@ -232,6 +264,7 @@ class SQLiteJobStore:
                     json.dumps(job.metrics),
                 ),
             )
+        self.events.publish(QUEUE, job.endpoint)
 
     def get(self, job_id: str) -> Job | None:
         row = self._db().execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -251,7 +284,8 @@ class SQLiteJobStore:
         return int(count)
 
     def request_cancel(self, job_id: str) -> CancelOutcome:
-        now = time.time()
+        now = self.clock()
+        notes: list[tuple[str, str]] = []
         with self._write() as db:
             row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
@@ -264,9 +298,10 @@ class SQLiteJobStore:
                     "WHERE id = ?",
                     (json.dumps(CANCELLED_ERROR), now, job_id),
                 )
-                _enqueue_webhook(db, job_id, now)
+                notes = _enqueue_webhook(db, job_id, now)
             else:
                 db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+        self._publish(notes)
         return "CANCELLATION_REQUESTED"
 
     def logs(self, job_id: str, since: int = 0) -> list[LogEntry]:
@@ -329,7 +364,7 @@ class SQLiteJobStore:
         with self._write() as db:
             db.execute(
                 "INSERT OR REPLACE INTO worker_stats VALUES (?,?,?,?,?)",
-                (worker_id, device, allocated, reserved, time.time()),
+                (worker_id, device, allocated, reserved, self.clock()),
             )
 
     def worker_stats(self) -> list[sqlite3.Row]:
@@ -343,7 +378,7 @@ class SQLiteJobStore:
     ) -> None:
         """A worker's own numbers, keyed by (metric name, endpoint): gauges (and counters) replace the
         stored value; histograms are cumulative bucket counts, sum and count since the worker started."""
-        now = time.time()
+        now = self.clock()
         with self._write() as db:
             for (name, endpoint), value in gauges.items():
                 db.execute(
@@ -410,7 +445,7 @@ class SQLiteJobStore:
         With ``key`` (joining a running stepwise batch), nothing is claimed unless the head has that key:
         claiming around the head would starve it.
         """
-        now = time.time()
+        now = self.clock()
         with self._write() as db:
             rows = db.execute(
                 f"SELECT {_JOB_COLUMNS} FROM jobs WHERE endpoint = ? AND status = 'IN_QUEUE' "
@@ -428,12 +463,13 @@ class SQLiteJobStore:
             chosen = head_batch(jobs, key_fn, max_batch, key)
             if not chosen:
                 return []
+            marks = ",".join("?" * len(chosen))
+            db.execute(
+                "UPDATE jobs SET status = 'IN_PROGRESS', worker_id = ?, lease_until = ? "
+                f"WHERE id IN ({marks}) AND status = 'IN_QUEUE'",
+                (worker_id, now + lease_s, *(j.id for j in chosen)),
+            )
             for job in chosen:
-                db.execute(
-                    "UPDATE jobs SET status = 'IN_PROGRESS', worker_id = ?, lease_until = ? "
-                    "WHERE id = ? AND status = 'IN_QUEUE'",
-                    (worker_id, now + lease_s, job.id),
-                )
                 job.status, job.worker_id = "IN_PROGRESS", worker_id
         return chosen
 
@@ -456,38 +492,51 @@ class SQLiteJobStore:
         A job whose start deadline passed while it waited in a prefetched batch completes with the
         timeout error instead. Returns the ids that really started (still this worker's).
         """
-        now = time.time()
-        started = []
+        if not job_ids:
+            return []
+        now = self.clock()
+        started: list[str] = []
+        notes: list[tuple[str, str]] = []
+        marks = ",".join("?" * len(job_ids))
         with self._write() as db:
-            for job_id in job_ids:
-                row = db.execute(
-                    "SELECT start_deadline, attempts FROM jobs WHERE id = ? AND status = 'IN_PROGRESS' "
-                    "AND worker_id = ?",
-                    (job_id, worker_id),
-                ).fetchone()
-                if row is None:
-                    continue
+            rows = db.execute(
+                f"SELECT id, start_deadline, attempts FROM jobs WHERE id IN ({marks}) AND status = 'IN_PROGRESS' "
+                "AND worker_id = ?",
+                (*job_ids, worker_id),
+            ).fetchall()
+            for row in rows:
                 if row["start_deadline"] is not None and row["start_deadline"] < now and row["attempts"] == 0:
                     db.execute(
                         "UPDATE jobs SET status = 'COMPLETED', finished_at = ?, error = ?, lease_until = NULL "
                         "WHERE id = ?",
-                        (now, json.dumps(TIMEOUT_ERROR), job_id),
+                        (now, json.dumps(TIMEOUT_ERROR), row["id"]),
                     )
-                    _enqueue_webhook(db, job_id, now)
-                    continue
-                db.execute("UPDATE jobs SET started_at = ?, attempts = attempts + 1 WHERE id = ?", (now, job_id))
-                started.append(job_id)
-        return started
+                    notes += _enqueue_webhook(db, row["id"], now)
+                else:
+                    started.append(row["id"])
+            if started:
+                marks = ",".join("?" * len(started))
+                db.execute(
+                    f"UPDATE jobs SET started_at = ?, attempts = attempts + 1 WHERE id IN ({marks})", (now, *started)
+                )
+        self._publish(notes + [(JOBS, f"{job_id} {STARTED}") for job_id in started])
+        order = {job_id: i for i, job_id in enumerate(job_ids)}
+        return sorted(started, key=order.__getitem__)
 
     def release(self, job_ids: list[str], worker_id: str) -> None:
         """Give claimed jobs that never started back to the queue (a stopping worker's prefetch)."""
+        released: list[str] = []
         with self._write() as db:
             for job_id in job_ids:
-                db.execute(
+                row = db.execute(
                     "UPDATE jobs SET status = 'IN_QUEUE', worker_id = NULL, lease_until = NULL "
-                    "WHERE id = ? AND status = 'IN_PROGRESS' AND worker_id = ? AND started_at IS NULL",
+                    "WHERE id = ? AND status = 'IN_PROGRESS' AND worker_id = ? AND started_at IS NULL "
+                    "RETURNING endpoint",
                     (job_id, worker_id),
-                )
+                ).fetchone()
+                if row is not None:
+                    released.append(row["endpoint"])
+        self._publish([(QUEUE, endpoint) for endpoint in dict.fromkeys(released)])
 
     def heartbeat(self, job_ids: list[str], lease_s: float, worker_id: str | None = None) -> None:
         if not job_ids:
@@ -497,15 +546,20 @@ class SQLiteJobStore:
         with self._write() as db:
             db.execute(
                 f"UPDATE jobs SET lease_until = ? WHERE status = 'IN_PROGRESS' AND id IN ({marks}){owner}",
-                (time.time() + lease_s, *job_ids, *([] if worker_id is None else [worker_id])),
+                (self.clock() + lease_s, *job_ids, *([] if worker_id is None else [worker_id])),
             )
 
     def append_log(self, job_id: str, entry: LogEntry) -> None:
+        self.append_logs([job_id], entry)
+
+    def append_logs(self, job_ids: list[str], entry: LogEntry) -> None:
+        """One line for several jobs (a batch-wide message) in one transaction."""
         with self._write() as db:
-            db.execute(
+            db.executemany(
                 "INSERT INTO logs (job_id, message, level, source, timestamp) VALUES (?,?,?,?,?)",
-                (job_id, entry.message, entry.level, entry.source, entry.timestamp),
+                [(job_id, entry.message, entry.level, entry.source, entry.timestamp) for job_id in job_ids],
             )
+        self._publish([(JOBS, f"{job_id} {LOG}") for job_id in job_ids])
 
     def is_cancel_requested(self, job_ids: list[str]) -> set[str]:
         if not job_ids:
@@ -529,7 +583,7 @@ class SQLiteJobStore:
     ) -> bool:
         """Finish a running job; False when it was no longer IN_PROGRESS (or, given ``worker_id``, no
         longer that worker's: a stalled worker must not overwrite the run that replaced it)."""
-        now = time.time()
+        now = self.clock()
         owner = "" if worker_id is None else " AND worker_id = ?"
         with self._write() as db:
             cur = db.execute(
@@ -546,13 +600,15 @@ class SQLiteJobStore:
             )
             if cur.rowcount != 1:
                 return False
-            _enqueue_webhook(db, job_id, now)
-            return True
+            notes = _enqueue_webhook(db, job_id, now)
+        self._publish(notes)
+        return True
 
     def expire_deadlines(self, now: float | None = None) -> list[str]:
         """Queued jobs whose start deadline passed complete with a timeout error (not re-queued ones: they
         did start once)."""
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
+        notes: list[tuple[str, str]] = []
         with self._write() as db:
             rows = db.execute(
                 "SELECT id FROM jobs WHERE status = 'IN_QUEUE' AND attempts = 0 AND start_deadline IS NOT NULL "
@@ -566,16 +622,18 @@ class SQLiteJobStore:
                     "WHERE id = ? AND status = 'IN_QUEUE'",
                     (now, json.dumps(TIMEOUT_ERROR), job_id),
                 )
-                _enqueue_webhook(db, job_id, now)
+                notes += _enqueue_webhook(db, job_id, now)
+        self._publish(notes)
         return ids
 
     def recover_expired_leases(self, max_attempts: int, now: float | None = None) -> list[str]:
         """Jobs of a dead worker (lease expired): re-queue if attempts remain, else fail them."""
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         failed_error = runner_disconnected_error(max_attempts)
+        notes: list[tuple[str, str]] = []
         with self._write() as db:
             rows = db.execute(
-                "SELECT id, attempts FROM jobs WHERE status = 'IN_PROGRESS' AND lease_until < ?", (now,)
+                "SELECT id, endpoint, attempts FROM jobs WHERE status = 'IN_PROGRESS' AND lease_until < ?", (now,)
             ).fetchall()
             for r in rows:
                 if r["attempts"] < max_attempts:
@@ -584,13 +642,15 @@ class SQLiteJobStore:
                         "started_at = NULL WHERE id = ?",
                         (r["id"],),
                     )
+                    notes.append((QUEUE, r["endpoint"]))
                 else:
                     db.execute(
                         "UPDATE jobs SET status = 'COMPLETED', finished_at = ?, error = ?, lease_until = NULL "
                         "WHERE id = ?",
                         (now, json.dumps(failed_error), r["id"]),
                     )
-                    _enqueue_webhook(db, r["id"], now)
+                    notes += _enqueue_webhook(db, r["id"], now)
+        self._publish(notes)
         return [r["id"] for r in rows]
 
     def set_pipeline_state(self, state: PipelineState) -> None:
@@ -610,7 +670,7 @@ class SQLiteJobStore:
 
         A lease that runs out (its sender died mid-attempt) makes the row claimable again.
         """
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         with self._write() as db:
             rows = db.execute(
                 "SELECT * FROM webhooks WHERE state = 'pending' AND next_attempt_at <= ? "
@@ -635,7 +695,7 @@ class SQLiteJobStore:
         next_attempt_at: float | None = None,
     ) -> bool:
         """Record one attempt by the lease holder; False when ``owner`` no longer holds the lease."""
-        now = time.time()
+        now = self.clock()
         state = "pending" if outcome == "retry" else outcome
         with self._write() as db:
             cur = db.execute(

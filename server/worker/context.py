@@ -44,9 +44,8 @@ class JobContext:
     # -- logs and progress
     def log(self, message: str, item: int | None = None, level: str = "INFO") -> None:
         targets = list(self.jobs.values()) if item is None else [self.jobs[item]]
-        for job in targets:
-            self.store.append_log(job.id, LogEntry(message, level))
         if targets:
+            self.store.append_logs([job.id for job in targets], LogEntry(message, level))
             log.info("%s [%s] %s", targets[0].endpoint, ",".join(j.id[:8] for j in targets), message)
 
     def progress(self, step: int, total: int, item: int | None = None) -> None:

@@ -40,6 +40,7 @@ from server.errors import validation_detail
 from server.files import open_file_store
 from server.store import Job, JobStore, LogEntry, PipelineState, open_store
 from server.store.base import CANCELLED_ERROR
+from server.store.notify import QUEUE
 from server.worker.context import BatchContext
 from server.worker.inputs import make_image_loader
 from server.worker.memory import Residency, default_budget, parse_bytes
@@ -48,7 +49,9 @@ from server.worker.stepping import StepLoop
 
 log = logging.getLogger("fal_onprem.worker")
 
-IDLE_SLEEP_S = 0.02
+# Idle workers wake on the store's queue notifications (at once, so with several GPUs a burst reaches the
+# idle ones while a busy one prefetches); this floor only bounds re-checks of a due but unclaimable queue.
+MIN_IDLE_WAIT_S = 0.01
 HOUSEKEEPING_S = 1.0
 
 
@@ -108,6 +111,8 @@ class Worker:
         self.states: dict[str, tuple[str, str]] = {}  # endpoint -> (state, reason), re-reported as a heartbeat
         self._housekeeping_thread: threading.Thread | None = None
         self.step_loop: StepLoop | None = None  # the running stepwise batch, if any
+        # A submit wakes an idle worker at once; without notifications it polls every poll_fallback_s.
+        self.wakeups = self.store.events.subscribe(QUEUE) if settings.notify_events else None
 
     # -- loading (lazy within the memory budget, least recently used evicted first)
     def weight_source(self) -> WeightSource:
@@ -349,15 +354,26 @@ class Worker:
         """At a batch boundary: claim the next batch now, to prepare it while this one runs, only when the
         queue holds a full batch more; otherwise the next claim waits for the boundary after this batch, so
         that idle workers (other GPUs) take the jobs first."""
+        if self.stop_event.is_set():
+            return None
         backlog = any(
             c.resident and not c.failed and self.store.oldest_queued(c.endpoint)[1] >= c.max_batch
             for c in self.loaded.values()
         )
         return self.claim_next(resident_only=True) if backlog else None
 
-    def _wait_for_work(self, timeout: float) -> None:
-        """Idle: wait until new work may have arrived."""
-        time.sleep(timeout)
+    def _idle_wait(self) -> None:
+        """Until a submit wakes us, the oldest queued job's batching window closes, or the fallback poll."""
+        timeout = self.settings.poll_fallback_s
+        now = time.time()
+        for loaded in self.loaded.values():
+            oldest, count = self.store.oldest_queued(loaded.endpoint)
+            if count and oldest is not None:
+                timeout = min(timeout, max(MIN_IDLE_WAIT_S, oldest + loaded.max_wait_ms / 1000 - now))
+        if self.wakeups is None:
+            self.stop_event.wait(timeout)
+        else:
+            self.wakeups.wait(timeout)
 
     def _prepare(self, pipe: Pipeline, job: Job) -> Prepared | dict[str, Any]:
         try:
@@ -521,7 +537,7 @@ class Worker:
                 batch = pending.result() if pending is not None else self.claim_next()
                 pending = None
                 if batch is None:
-                    self._wait_for_work(IDLE_SLEEP_S)
+                    self._idle_wait()
                     continue
                 if batch.loaded.stepwise:
                     self.step_loop = StepLoop(self, batch)
@@ -550,3 +566,5 @@ class Worker:
 
     def stop(self) -> None:
         self.stop_event.set()
+        if self.wakeups is not None:
+            self.wakeups.wake()

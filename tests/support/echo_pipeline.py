@@ -55,7 +55,8 @@ class EchoPipeline(Pipeline):
         EchoPipeline.runs += 1
         first: EchoInput = batch[0].input  # type: ignore[assignment]
         for step in range(first.steps):
-            time.sleep(first.step_ms / 1000)
+            if first.step_ms:  # a zero-length step yields the CPU no more than a real no-op would
+                time.sleep(first.step_ms / 1000)
             ctx.progress(step + 1, first.steps)
         if any(p.input.fail == "exit" for p in batch):  # type: ignore[attr-defined]
             os._exit(17)  # simulates a worker killed mid-batch (OOM, segfault)

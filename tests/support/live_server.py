@@ -34,6 +34,7 @@ class LiveServer:
         wait_for: tuple[str, ...] = ("test/echo",),
         scheme: str = "http",
         tiny: bool = True,
+        ready_workers: int = 1,
     ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
@@ -42,6 +43,7 @@ class LiveServer:
         self.wait_for = wait_for
         self.scheme = scheme
         self.tiny = tiny
+        self.ready_workers = ready_workers  # wait until this many workers serve each of wait_for
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir / f"server-{self.port}.log"
 
@@ -77,12 +79,16 @@ class LiveServer:
                 r = httpx.get(f"{self.url}/readyz", timeout=2, verify=False)
                 last = r.json()
                 states = last.get("pipelines", {})
-                if all(states.get(e, {}).get("state") in ("ready", "failed") for e in self.wait_for):
+                if all(self._settled(states.get(e, {})) for e in self.wait_for):
                     return
             except (httpx.HTTPError, ValueError):
                 pass
             time.sleep(0.2)
         raise TimeoutError(f"server not ready after {timeout}s: {last}\n{self.log_tail()}")
+
+    def _settled(self, pipeline: dict) -> bool:
+        ready = [w for w in pipeline.get("workers", []) if w.get("state") == "ready"]
+        return pipeline.get("state") == "failed" or len(ready) >= self.ready_workers
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:

@@ -1,0 +1,141 @@
+"""How the API waits for jobs: woken by the store's notifications, re-checking it at a slow fallback.
+
+`JobEvents` holds the API process's one subscription to the store's ``jobs`` channel and fans each
+notification out to the requests waiting in this process (``/run``, SSE status streams) and to the
+webhook sender. A waiter always re-reads the store when woken (the store is the truth; a notification
+only says "look now") and at least every ``poll_fallback_s``, so a lost notification costs latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+
+from fastapi import Request
+
+from server.config import Settings
+from server.store import Job, JobStore
+from server.store.notify import DONE, JOBS, MISSED, WEBHOOK, Subscription
+
+ONLY_DONE = frozenset({DONE})
+
+
+class Watch:
+    """One waiter's wake-up flag; set by notifications about its job (and, if asked, about any job)."""
+
+    def __init__(self, fallback_s: float, any_job: set[asyncio.Event], kinds: frozenset[str] | None) -> None:
+        self.fallback_s = fallback_s
+        self.event = asyncio.Event()
+        self.kinds = kinds  # None: every change (started, log, done)
+        self._any_job = any_job
+
+    def follow_all_jobs(self, on: bool) -> None:
+        """Also wake on other jobs' changes (a queued job's position moves when they start or finish)."""
+        if on:
+            self._any_job.add(self.event)
+        else:
+            self._any_job.discard(self.event)
+
+    async def wait(self, timeout: float | None = None) -> None:
+        """Until a notification (or what else sets ``event``) or the fallback interval; then re-arm."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.fallback_s if timeout is None else timeout):
+                await self.event.wait()
+        self.event.clear()
+
+
+class JobEvents:
+    def __init__(self, store: JobStore, settings: Settings) -> None:
+        self.store = store
+        self.enabled = settings.notify_events
+        self.fallback_s = settings.poll_fallback_s
+        self.webhook_due: asyncio.Event | None = None  # a completion owes a webhook: the sender looks at once
+        self._by_job: dict[str, set[Watch]] = {}
+        self._any_job: set[asyncio.Event] = set()
+        self._sub: Subscription | None = None
+
+    def start(self) -> None:
+        """In the running event loop (the app's lifespan)."""
+        self.webhook_due = asyncio.Event()
+        if not self.enabled:
+            return
+        self._sub = self.store.events.subscribe(JOBS)
+        asyncio.get_running_loop().add_reader(self._sub.fileno(), self._dispatch)
+
+    def stop(self) -> None:
+        if self._sub is not None:
+            asyncio.get_running_loop().remove_reader(self._sub.fileno())
+            self._sub.close()
+            self._sub = None
+
+    def _dispatch(self) -> None:
+        assert self._sub is not None
+        for payload in self._sub.drain():
+            if payload == MISSED:
+                self._wake_all()
+                continue
+            job_id, _, kind = payload.partition(" ")
+            if kind == WEBHOOK:
+                if self.webhook_due is not None:
+                    self.webhook_due.set()
+                continue
+            for watch in self._by_job.get(job_id, ()):
+                if watch.kinds is None or kind in watch.kinds:
+                    watch.event.set()
+            for event in self._any_job:
+                event.set()
+
+    def _wake_all(self) -> None:
+        if self.webhook_due is not None:
+            self.webhook_due.set()
+        for watches in self._by_job.values():
+            for watch in watches:
+                watch.event.set()
+
+    @contextlib.contextmanager
+    def watch(self, job_id: str, kinds: frozenset[str] | None = None) -> Iterator[Watch]:
+        """Register before reading the store, so a change between the read and the wait is not missed.
+
+        ``kinds``: the events that wake it (default all: started, log, done).
+        """
+        watch = Watch(self.fallback_s, self._any_job, kinds)
+        targets = self._by_job.setdefault(job_id, set())
+        targets.add(watch)
+        try:
+            yield watch
+        finally:
+            watch.follow_all_jobs(False)
+            targets.discard(watch)
+            if not targets:
+                self._by_job.pop(job_id, None)
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects (the request body was read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def wait_until_done(request: Request, job_id: str) -> Job | None:
+    """The finished job, or None when the client went away first (the caller decides what then).
+
+    The store is read on the event loop: a read by primary key never waits for writers (SQLite WAL),
+    and a thread hop per check cost more than the read.
+    """
+    store: JobStore = request.app.state.store
+    events: JobEvents = request.app.state.job_events
+    with events.watch(job_id, ONLY_DONE) as watch:
+        gone = asyncio.ensure_future(_client_gone(request))
+        gone.add_done_callback(lambda _: watch.event.set())
+        try:
+            while True:
+                current = store.get(job_id)
+                assert current is not None
+                if current.status == "COMPLETED":
+                    return current
+                if gone.done():
+                    return None
+                await watch.wait()
+        finally:
+            gone.cancel()
