@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 . scripts/env.sh
 
 ensure_venv
-phase "resolving pyproject.toml into uv.lock (linux x86_64; extras cpu | gpu, dev, redis)"
+phase "resolving pyproject.toml into uv.lock (linux x86_64; extras cpu | gpu, dev, postgres, s3)"
 "$UV" lock "$@"

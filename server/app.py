@@ -16,7 +16,7 @@ from server import docs, webhooks
 from server.auth import KEY_ID_SECRET_FILE
 from server.config import Settings
 from server.errors import FalError, on_fal_error, on_http_error, on_validation_error
-from server.files import FileStore
+from server.files import open_file_store
 from server.janitor import janitor
 from server.limits import BodyLimitMiddleware
 from server.local_secrets import load_or_create_secret
@@ -53,8 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.endpoints = endpoints
     app.state.store = open_store(settings.resolved_store_url)
     app.state.job_events = JobEvents(app.state.store, settings)  # wakes /run, status streams, webhooks
-    app.state.files = FileStore(settings.files_dir)
-    app.state.key_id_secret = load_or_create_secret(settings.data_dir, KEY_ID_SECRET_FILE)
+    app.state.files = open_file_store(settings.files_url, settings.files_dir, settings.s3_endpoint_url)
+    app.state.key_id_secret = load_or_create_secret(settings.secrets_path, KEY_ID_SECRET_FILE)
     webhooks.install(app, settings)  # signing key, submit-time URL check, JWKS routes
 
     app.add_exception_handler(RequestValidationError, on_validation_error)

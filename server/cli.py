@@ -233,6 +233,25 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    """Bring the job store's schema up to date (PostgreSQL: versioned migrations; SQLite: created at open)."""
+    _apply_env(args)
+    from server.config import Settings
+
+    url = Settings().resolved_store_url
+    if url.startswith(("postgresql://", "postgres://")):
+        from server.store.migrations import current_version, upgrade
+
+        applied = upgrade(url)
+        print(f"schema version {current_version(url)}; applied now: {applied or 'none'}")
+    else:
+        from server.store import open_store
+
+        open_store(url).close()
+        print(f"{url}: SQLite schema is created and kept current when the store opens")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fal-onprem", description="Self-hosted, fal.ai-compatible inference server for human-image pipelines."
@@ -258,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--device", default="cpu", help="cpu or cuda:N")
     worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # set by `serve`: stop when it is gone
     worker.set_defaults(func=cmd_worker)
+
+    db = sub.add_parser("db", help="job store maintenance")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_sub.add_parser("upgrade", help="apply the store's schema migrations (safe to run concurrently)")
+    _common_flags(upgrade)
+    upgrade.set_defaults(func=cmd_db_upgrade)
 
     try:
         from weights.cli import add_subcommands

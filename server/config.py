@@ -38,6 +38,17 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Path("data")
     store_url: str | None = Field(default=None, description="sqlite:///path (default: <data_dir>/jobs.sqlite)")
+    secrets_dir: Path | None = Field(
+        default=None,
+        description="Folder of the HMAC and webhook signing keys (default: data_dir). API replicas on several "
+        "hosts must share them: mount one folder (e.g. a Kubernetes Secret) on every replica.",
+    )
+    files_url: str | None = Field(
+        default=None,
+        description="Where outputs and uploads are stored: unset = <data_dir>/files on the local disk (or a "
+        "filesystem shared by every host); s3://bucket/prefix = an S3-compatible bucket (API replicas on many hosts).",
+    )
+    s3_endpoint_url: str | None = Field(default=None, description="S3-compatible service URL (MinIO, Ceph...).")
     weights_dir: Path = Path("weights")
     weights_source: Literal["real", "tiny", "random_full"] = "real"
     seed: int = 0
@@ -55,6 +66,10 @@ class Settings(BaseSettings):
     fetch_timeout_s: float = 30.0
     job_lease_s: float = 30.0
     max_attempts: int = 2
+    max_running_per_key: int | None = Field(
+        default=None,
+        description="Most jobs of one API key running at once (over all workers); the rest wait queued. None: no cap.",
+    )
     max_batch_run_s: float = 3600.0
     max_inference_steps: int = Field(default=100, description="Default cap on num_inference_steps per request.")
     max_image_area: int = Field(default=2048 * 2048, description="Default cap on image_size width x height.")
@@ -98,6 +113,10 @@ class Settings(BaseSettings):
     @cached_property
     def resolved_store_url(self) -> str:
         return self.store_url or f"sqlite:///{(self.data_dir / 'jobs.sqlite').resolve()}"
+
+    @property
+    def secrets_path(self) -> Path:
+        return self.secrets_dir or self.data_dir
 
     @property
     def files_dir(self) -> Path:

@@ -30,7 +30,7 @@ from typing import BinaryIO, Literal
 from anyio import to_thread
 
 from server.errors import FalError
-from server.files import FILES_PREFIX, FileStore, StoredFile, safe_file_name
+from server.files import FILES_PREFIX, Files, StoredFile, safe_file_name
 
 SECRET_FILE_NAME = "upload_signing.key"
 MAX_PART_NUMBER = 10_000
@@ -65,7 +65,7 @@ class UploadSession:
 
 
 class UploadManager:
-    def __init__(self, root: Path, files: FileStore, secret: bytes, *, ttl_s: float, max_bytes: int) -> None:
+    def __init__(self, root: Path, files: Files, secret: bytes, *, ttl_s: float, max_bytes: int) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.files = files

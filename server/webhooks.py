@@ -232,6 +232,6 @@ def jwks(request: Request) -> JSONResponse:
 
 def install(app: FastAPI, settings: Settings) -> None:
     """Signing key, submit-time URL check and the JWKS routes (the sender starts in the lifespan)."""
-    app.state.webhook_signer = WebhookSigner.load_or_create(settings.data_dir)
+    app.state.webhook_signer = WebhookSigner.load_or_create(settings.secrets_path)
     app.state.check_webhook_url = url_checker(settings)
     app.include_router(router)

@@ -9,7 +9,7 @@ import pytest
 
 from tests.support.reference import missing_reference
 
-pytest_plugins = ["tests.support.server_fixtures"]
+pytest_plugins = ["tests.support.server_fixtures", "tests.support.postgres", "tests.support.s3"]
 
 
 @pytest.fixture(scope="session")

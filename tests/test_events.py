@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.store import Job, LogEntry, SQLiteJobStore
+from server.store import Job, LogEntry, SQLiteJobStore, open_store
 from server.store.notify import DONE, JOBS, LOG, MISSED, QUEUE, STARTED, WEBHOOK, LocalNotifier
 from tests.support.live_server import REPO, LiveServer
 from tests.support.server_fixtures import png_data_uri, wait_completed
@@ -107,25 +108,53 @@ def test_socket_paths_stay_short_under_a_deep_data_dir(tmp_path: Path) -> None:
         sub.close()
 
 
-def test_the_store_publishes_each_change_after_its_commit(tmp_path: Path) -> None:
-    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+def collect(sub, n: int) -> list[str]:
+    """The next ``n`` payloads (a PostgreSQL LISTEN connection hands them over asynchronously)."""
+    got: list[str] = []
+    deadline = time.monotonic() + WAIT_S
+    while len(got) < n and time.monotonic() < deadline:
+        got += sub.wait(deadline - time.monotonic())
+    return got
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_the_store_publishes_each_change_after_its_commit(kind: str, tmp_path: Path, request) -> None:
+    url = f"sqlite:///{tmp_path / 'jobs.sqlite'}" if kind == "sqlite" else request.getfixturevalue("postgres_url")
+    store = open_store(url)
     queue, jobs = store.events.subscribe(QUEUE), store.events.subscribe(JOBS)
     try:
         store.create(Job(id="a", endpoint=APP, input={}, webhook_url="http://127.0.0.1:9/hook"))
-        assert queue.wait(WAIT_S) == [APP]
+        assert collect(queue, 1) == [APP]
         [claimed] = store.claim_batch(APP, "w", lambda inp: 0, 1, 30.0)
         store.start([claimed.id], "w")
         store.append_log("a", LogEntry("hello"))
         store.complete("a", result={"ok": True}, worker_id="w")
-        assert jobs.drain() == [f"a {STARTED}", f"a {LOG}", f"a {DONE}", f"a {WEBHOOK}"]
+        assert collect(jobs, 4) == [f"a {STARTED}", f"a {LOG}", f"a {DONE}", f"a {WEBHOOK}"]
         assert store.webhook("a") is not None  # the webhook row was committed before the notification
         store.create(Job(id="b", endpoint=APP, input={}))
-        queue.drain()
+        assert collect(queue, 1) == [APP]
         store.request_cancel("b")  # a queued job cancelled: done, no webhook owed
-        assert jobs.drain() == [f"b {DONE}"]
+        assert collect(jobs, 1) == [f"b {DONE}"]
+        assert jobs.wait(0.2) == []
     finally:
         queue.close()
         jobs.close()
+        store.close()
+
+
+def test_a_postgres_subscription_survives_a_database_restart(postgres_server, postgres_url: str) -> None:
+    store = open_store(postgres_url)
+    sub = store.events.subscribe(QUEUE)
+    fd = sub.fileno()
+    try:
+        postgres_server.restart()
+        assert MISSED in collect(sub, 1)  # re-connected: anything may have changed meanwhile
+        postgres_server.wait_accepting()
+        store.create(Job(id="after", endpoint=APP, input={}))
+        assert collect(sub, 1) == [APP] and sub.fileno() == fd  # an asyncio reader on it keeps working
+    finally:
+        sub.close()
+        store.close()
 
 
 # -- a live server whose fallback polls never fire

@@ -1,16 +1,24 @@
-"""The SQLite job store: queue order, batch claiming, cancel, deadlines, lease recovery, persistence."""
+"""The job store contract, on SQLite and on PostgreSQL: queue order, batch claiming, cancel, deadlines,
+lease recovery, persistence, concurrent claims."""
 
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from server.files import FileStore
-from server.store import Job, LogEntry, SQLiteJobStore
+from server.store import Job, JobStore, LogEntry, SQLiteJobStore, open_store
+from server.store.postgres import PostgresJobStore
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'jobs.sqlite'}"
+    return request.getfixturevalue("postgres_url")
 
 
 class FakeClock:
@@ -32,11 +40,16 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def store(tmp_path: Path, clock: FakeClock) -> SQLiteJobStore:
-    return SQLiteJobStore(tmp_path / "jobs.sqlite", clock=clock)
+def store(store_url: str, clock: FakeClock) -> Iterator[JobStore]:
+    if store_url.startswith("sqlite:///"):
+        store: JobStore = SQLiteJobStore(store_url.removeprefix("sqlite:///"), clock=clock)
+    else:
+        store = PostgresJobStore(store_url, clock=clock)
+    yield store
+    store.close()
 
 
-def make(store: SQLiteJobStore, n: int, *, priority: str = "normal", key: int = 0, t0: float = 1000.0) -> list[Job]:
+def make(store: JobStore, n: int, *, priority: str = "normal", key: int = 0, t0: float = 1000.0) -> list[Job]:
     jobs = []
     for i in range(n):
         job = Job(id=f"{priority}-{key}-{i}-{t0}", endpoint="a/b", input={"k": key}, priority=priority,  # type: ignore[arg-type]
@@ -50,7 +63,7 @@ def by_key(inp: dict) -> int:
     return inp["k"]
 
 
-def test_normal_priority_before_low_and_fifo_within(store: SQLiteJobStore) -> None:
+def test_normal_priority_before_low_and_fifo_within(store: JobStore) -> None:
     low = make(store, 2, priority="low", t0=100.0)
     normal = make(store, 2, priority="normal", t0=200.0)
     assert store.queue_position(normal[0]) == 0
@@ -61,7 +74,7 @@ def test_normal_priority_before_low_and_fifo_within(store: SQLiteJobStore) -> No
     assert store.claim_batch("a/b", "w", by_key, 1, 30) == []
 
 
-def test_batch_claims_only_the_head_key_up_to_max_batch(store: SQLiteJobStore) -> None:
+def test_batch_claims_only_the_head_key_up_to_max_batch(store: JobStore) -> None:
     a = make(store, 3, key=1, t0=10.0)
     b = make(store, 2, key=2, t0=20.0)
     first = store.claim_batch("a/b", "w", by_key, 2, 30)
@@ -73,7 +86,7 @@ def test_batch_claims_only_the_head_key_up_to_max_batch(store: SQLiteJobStore) -
     assert all(store.get(j.id).status == "IN_PROGRESS" for j in a + b)
 
 
-def test_cancel_queued_is_immediate_running_is_requested_completed_is_refused(store: SQLiteJobStore) -> None:
+def test_cancel_queued_is_immediate_running_is_requested_completed_is_refused(store: JobStore) -> None:
     queued, running = make(store, 2)
     assert store.claim_batch("a/b", "w", by_key, 1, 30)[0].id == queued.id
     # `queued` is now running; make a fresh queued job
@@ -88,7 +101,7 @@ def test_cancel_queued_is_immediate_running_is_requested_completed_is_refused(st
     assert store.request_cancel("nope") == "NOT_FOUND"
 
 
-def test_complete_only_once(store: SQLiteJobStore) -> None:
+def test_complete_only_once(store: JobStore) -> None:
     (job,) = make(store, 1)
     assert not store.complete(job.id, result={"x": 1})  # not claimed yet
     store.claim_batch("a/b", "w", by_key, 1, 30)
@@ -98,7 +111,7 @@ def test_complete_only_once(store: SQLiteJobStore) -> None:
     assert got.result == {"x": 1} and got.metrics == {"batch_size": 1}
 
 
-def test_start_deadline_expires_queued_jobs(store: SQLiteJobStore, clock: FakeClock) -> None:
+def test_start_deadline_expires_queued_jobs(store: JobStore, clock: FakeClock) -> None:
     job = Job(id="d", endpoint="a/b", input={"k": 0}, start_deadline=clock() - 1)
     keep = Job(id="k", endpoint="a/b", input={"k": 0}, start_deadline=clock() + 60)
     store.create(job)
@@ -108,7 +121,7 @@ def test_start_deadline_expires_queued_jobs(store: SQLiteJobStore, clock: FakeCl
     assert store.get("k").status == "IN_QUEUE"
 
 
-def test_expired_lease_requeues_once_then_fails(store: SQLiteJobStore) -> None:
+def test_expired_lease_requeues_once_then_fails(store: JobStore) -> None:
     (job,) = make(store, 1)
     store.claim_batch("a/b", "w1", by_key, 1, lease_s=-1)  # lease already expired: the worker "died"
     assert store.start([job.id], "w1") == [job.id]
@@ -122,7 +135,7 @@ def test_expired_lease_requeues_once_then_fails(store: SQLiteJobStore) -> None:
     assert got.attempts == 2
 
 
-def test_heartbeat_keeps_lease(store: SQLiteJobStore, clock: FakeClock) -> None:
+def test_heartbeat_keeps_lease(store: JobStore, clock: FakeClock) -> None:
     (job,) = make(store, 1)
     store.claim_batch("a/b", "w", by_key, 1, lease_s=0.2)
     store.start([job.id], "w")
@@ -133,7 +146,7 @@ def test_heartbeat_keeps_lease(store: SQLiteJobStore, clock: FakeClock) -> None:
     assert store.recover_expired_leases(max_attempts=2) == [job.id]
 
 
-def test_logs_in_order_and_incremental(store: SQLiteJobStore) -> None:
+def test_logs_in_order_and_incremental(store: JobStore) -> None:
     (job,) = make(store, 1)
     for i in range(5):
         store.append_log(job.id, LogEntry(f"line {i}"))
@@ -141,30 +154,28 @@ def test_logs_in_order_and_incremental(store: SQLiteJobStore) -> None:
     assert [e.message for e in store.logs(job.id, since=3)] == ["line 3", "line 4"]
 
 
-def test_jobs_survive_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "jobs.sqlite"
-    store = SQLiteJobStore(path)
+def test_jobs_survive_reopen(store_url: str) -> None:
+    store = open_store(store_url)
     make(store, 3)
     store.close()
-    again = SQLiteJobStore(path)
+    again = open_store(store_url)
     assert again.queue_depths() == {"a/b": 3}
+    again.close()
 
 
-def _claim_all(path: str, worker: str, out: mp.Queue) -> None:
-    store = SQLiteJobStore(path)
+def _claim_all(url: str, worker: str, out: mp.Queue) -> None:
+    store = open_store(url)
     claimed = []
     while batch := store.claim_batch("a/b", worker, by_key, 3, 30):
         claimed += [j.id for j in batch]
     out.put(claimed)
 
 
-def test_concurrent_workers_never_claim_a_job_twice(tmp_path: Path) -> None:
-    path = tmp_path / "jobs.sqlite"
-    store = SQLiteJobStore(path)
+def test_concurrent_workers_never_claim_a_job_twice(store: JobStore, store_url: str) -> None:
     ids = {j.id for j in make(store, 120)}
     ctx = mp.get_context("spawn")
     out: mp.Queue = ctx.Queue()
-    procs = [ctx.Process(target=_claim_all, args=(str(path), f"w{i}", out)) for i in range(3)]
+    procs = [ctx.Process(target=_claim_all, args=(store_url, f"w{i}", out)) for i in range(3)]
     for p in procs:
         p.start()
     claimed = [out.get(timeout=60) for _ in procs]
@@ -175,7 +186,7 @@ def test_concurrent_workers_never_claim_a_job_twice(tmp_path: Path) -> None:
     assert set(flat) == ids
 
 
-def test_claimed_but_unstarted_jobs_cost_no_attempt_and_can_be_released(store: SQLiteJobStore) -> None:
+def test_claimed_but_unstarted_jobs_cost_no_attempt_and_can_be_released(store: JobStore) -> None:
     a, b = make(store, 2)
     store.claim_batch("a/b", "w", by_key, 2, lease_s=-1)  # a prefetch whose worker died before running it
     for _ in range(3):  # re-queued as often as it happens: never ran, never failed
@@ -188,7 +199,7 @@ def test_claimed_but_unstarted_jobs_cost_no_attempt_and_can_be_released(store: S
     assert store.queue_depths() == {"a/b": 2}
 
 
-def test_start_expires_a_prefetched_job_past_its_deadline(store: SQLiteJobStore, clock: FakeClock) -> None:
+def test_start_expires_a_prefetched_job_past_its_deadline(store: JobStore, clock: FakeClock) -> None:
     late = Job(id="late", endpoint="a/b", input={"k": 0}, start_deadline=clock() + 0.2)
     store.create(late)
     store.claim_batch("a/b", "w", by_key, 1, 30)
@@ -200,7 +211,7 @@ def test_start_expires_a_prefetched_job_past_its_deadline(store: SQLiteJobStore,
     assert store.claim_batch("a/b", "w", by_key, 1, 30) == []
 
 
-def test_only_the_owning_worker_completes_or_heartbeats(store: SQLiteJobStore) -> None:
+def test_only_the_owning_worker_completes_or_heartbeats(store: JobStore) -> None:
     (job,) = make(store, 1)
     store.claim_batch("a/b", "w1", by_key, 1, lease_s=-1)
     store.start([job.id], "w1")
@@ -214,14 +225,30 @@ def test_only_the_owning_worker_completes_or_heartbeats(store: SQLiteJobStore) -
     assert store.get(job.id).result == {"by": "w2"}
 
 
-def test_file_sweep_removes_only_expired_stored_files(tmp_path: Path) -> None:
-    files = FileStore(tmp_path / "files")
-    old = files.save(b"old", "text/plain", "old.txt")
-    new = files.save(b"new", "text/plain", "new.txt")
-    (tmp_path / "files" / "not-a-key").mkdir()
-    past = time.time() - 3600
-    os.utime(old.path.parent, (past, past))
-    assert files.sweep(older_than_s=600) == 1
-    assert files.open(old.key, old.name) is None
-    assert files.open(new.key, new.name) is not None
-    assert (tmp_path / "files" / "not-a-key").is_dir()
+def test_running_jobs_per_api_key_are_capped_and_the_rest_wait_in_order(store: JobStore) -> None:
+    for i, key in enumerate(["A", "A", "B", "A", None]):
+        store.create(Job(id=f"{key}{i}", endpoint="a/b", input={"k": 0}, key_id=key, created_at=100.0 + i))
+    first = store.claim_batch("a/b", "w", by_key, 8, 30, max_running_per_key=1)
+    assert [j.id for j in first] == ["A0", "B2", "None4"]  # one per key; jobs without a key are not capped
+    assert store.claim_batch("a/b", "w", by_key, 8, 30, max_running_per_key=1) == []
+    store.start(["A0"], "w")
+    assert store.complete("A0", result={}, worker_id="w")
+    assert [j.id for j in store.claim_batch("a/b", "w", by_key, 8, 30, max_running_per_key=1)] == ["A1"]
+    assert store.queue_depths() == {"a/b": 1}  # A3 still queued, never refused
+
+
+def test_worker_metrics_replace_gauges_and_sum_histograms_over_workers(store: JobStore) -> None:
+    store.set_worker_metrics("w1", {("rows", "a/b"): 3.0}, {("wait", "a/b"): ([1, 2], 0.5, 2)})
+    store.set_worker_metrics("w1", {("rows", "a/b"): 4.0}, {("wait", "a/b"): ([2, 3], 0.9, 3)})  # cumulative
+    store.set_worker_metrics("w2", {("rows", "a/b"): 1.0}, {("wait", "a/b"): ([0, 1], 0.1, 1)})
+    assert sorted(store.worker_gauges()) == [("w1", "rows", "a/b", 4.0), ("w2", "rows", "a/b", 1.0)]
+    ((endpoint, counts, total, n),) = store.worker_histograms("wait")
+    assert (endpoint, counts, n) == ("a/b", [2, 4], 4) and total == pytest.approx(1.0)
+
+
+def test_queued_ids_in_claim_order_and_claims_that_must_match_a_step_key(store: JobStore) -> None:
+    low = make(store, 1, priority="low", key=2, t0=10.0)
+    normal = make(store, 2, key=1, t0=20.0)
+    assert store.queued_ids("a/b", 10) == [normal[0].id, normal[1].id, low[0].id]
+    assert store.claim_batch("a/b", "w", by_key, 8, 30, key=2) == []  # the head has key 1: no claim around it
+    assert [j.id for j in store.claim_batch("a/b", "w", by_key, 8, 30, key=1)] == [j.id for j in normal]

@@ -56,7 +56,7 @@ def uploads(request: Request) -> UploadManager:
         manager = UploadManager(
             settings.data_dir / "uploads",
             state.files,
-            load_or_create_secret(settings.data_dir, SECRET_FILE_NAME),
+            load_or_create_secret(settings.secrets_path, SECRET_FILE_NAME),
             ttl_s=settings.upload_ttl_s,
             max_bytes=settings.max_upload_bytes,
         )

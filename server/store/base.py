@@ -102,6 +102,7 @@ class JobStore(Protocol):
         max_batch: int,
         lease_s: float,
         key: Hashable | None = None,
+        max_running_per_key: int | None = None,
     ) -> list[Job]: ...
     def queued_ids(self, endpoint: str, limit: int) -> list[str]: ...
     def oldest_queued(self, endpoint: str) -> tuple[float | None, int]: ...
@@ -164,3 +165,43 @@ TIMEOUT_ERROR = {
     "detail": "Request timed out before it started (X-Fal-Request-Timeout)",
     "error_type": "request_timeout",
 }
+
+
+def runner_disconnected_error(max_attempts: int) -> dict[str, Any]:
+    """The error of a job whose worker died ``max_attempts`` times while running it.
+
+    500, not fal's 503: the job is over, and both clients would re-submit a run on a 503, re-running the
+    input that just killed the worker."""
+    return {
+        "status_code": 500,
+        "detail": f"The worker running this request stopped responding {max_attempts} times; giving up",
+        "error_type": "runner_disconnected",
+    }
+
+
+def within_key_cap(queued: list[Job], running: dict[str, int], cap: int) -> list[Job]:
+    """The queued jobs (in queue order) that may start without any API key exceeding ``cap`` running jobs."""
+    counts = dict(running)
+    allowed = []
+    for job in queued:
+        if job.key_id is not None:
+            if counts.get(job.key_id, 0) >= cap:
+                continue
+            counts[job.key_id] = counts.get(job.key_id, 0) + 1
+        allowed.append(job)
+    return allowed
+
+
+def head_batch(
+    queued: list[Job], key_fn: Callable[[dict[str, Any]], Hashable], max_batch: int, key: Hashable | None = None
+) -> list[Job]:
+    """The first queued job plus the following ones with its batch key, up to ``max_batch``.
+
+    With ``key`` (joining a running stepwise batch), nothing unless the head has that key: claiming around
+    the head would starve it."""
+    if not queued:
+        return []
+    head_key = key_fn(queued[0].input)
+    if key is not None and head_key != key:
+        return []
+    return ([queued[0]] + [j for j in queued[1:] if key_fn(j.input) == head_key])[:max_batch]

@@ -25,6 +25,9 @@ from server.store.base import (
     LogEntry,
     PipelineState,
     WebhookDelivery,
+    head_batch,
+    runner_disconnected_error,
+    within_key_cap,
 )
 from server.store.notify import DONE, JOBS, LOG, QUEUE, STARTED, WEBHOOK, LocalNotifier
 
@@ -429,8 +432,12 @@ class SQLiteJobStore:
         max_batch: int,
         lease_s: float,
         key: Hashable | None = None,
+        max_running_per_key: int | None = None,
     ) -> list[Job]:
         """Claim the head of the endpoint's queue plus up to ``max_batch - 1`` jobs with its batch key.
+
+        With ``max_running_per_key``, jobs of an API key that already has that many running are passed over
+        (they stay queued, in order, for a later claim).
 
         Order is (priority, created): ``normal`` before ``low``, FIFO within. A claim only leases the jobs
         to the worker (they show IN_PROGRESS); ``start`` marks when they really start running, so a
@@ -447,13 +454,15 @@ class SQLiteJobStore:
                 (endpoint, now, max(64, max_batch * 8)),
             ).fetchall()
             jobs = [_row_to_job(r) for r in rows]
-            if not jobs:
+            if max_running_per_key is not None:
+                running = db.execute(
+                    "SELECT key_id, COUNT(*) FROM jobs WHERE status = 'IN_PROGRESS' AND key_id IS NOT NULL "
+                    "GROUP BY key_id"
+                ).fetchall()
+                jobs = within_key_cap(jobs, {r[0]: r[1] for r in running}, max_running_per_key)
+            chosen = head_batch(jobs, key_fn, max_batch, key)
+            if not chosen:
                 return []
-            head_key = key_fn(jobs[0].input)
-            if key is not None and head_key != key:
-                return []
-            chosen = [jobs[0]] + [j for j in jobs[1:] if key_fn(j.input) == head_key]
-            chosen = chosen[:max_batch]
             marks = ",".join("?" * len(chosen))
             db.execute(
                 "UPDATE jobs SET status = 'IN_PROGRESS', worker_id = ?, lease_until = ? "
@@ -620,13 +629,7 @@ class SQLiteJobStore:
     def recover_expired_leases(self, max_attempts: int, now: float | None = None) -> list[str]:
         """Jobs of a dead worker (lease expired): re-queue if attempts remain, else fail them."""
         now = self.clock() if now is None else now
-        # 500, not fal's 503: the job is over, and both clients would re-submit a run on a 503, re-running
-        # the input that just killed the worker.
-        failed_error = {
-            "status_code": 500,
-            "detail": f"The worker running this request stopped responding {max_attempts} times; giving up",
-            "error_type": "runner_disconnected",
-        }
+        failed_error = runner_disconnected_error(max_attempts)
         notes: list[tuple[str, str]] = []
         with self._write() as db:
             rows = db.execute(

@@ -16,7 +16,7 @@ from typing import Any
 
 from pipelines.common.image_io import encode_image, to_pil
 from pipelines.contract import BatchCancelled
-from server.files import FileStore
+from server.files import Files
 from server.store import Job, JobStore, LogEntry
 
 log = logging.getLogger("fal_onprem.worker")
@@ -33,7 +33,7 @@ def choose_seed(inp: dict[str, Any]) -> int:
 class JobContext:
     """A ``RunContext`` over jobs addressed by key."""
 
-    def __init__(self, store: JobStore, files: FileStore, jobs: dict[int, Job]) -> None:
+    def __init__(self, store: JobStore, files: Files, jobs: dict[int, Job]) -> None:
         self.store = store
         self.files = files
         self.jobs = dict(jobs)
@@ -93,7 +93,7 @@ class JobContext:
 class BatchContext(JobContext):
     """The context of one ``run`` batch: items are keyed by their position."""
 
-    def __init__(self, store: JobStore, files: FileStore, jobs: list[Job]) -> None:
+    def __init__(self, store: JobStore, files: Files, jobs: list[Job]) -> None:
         super().__init__(store, files, dict(enumerate(jobs)))
 
 
@@ -102,7 +102,7 @@ class StepContext(JobContext):
 
     _keys = itertools.count(1)  # unique for the worker's lifetime, so a late call never hits another job
 
-    def __init__(self, store: JobStore, files: FileStore) -> None:
+    def __init__(self, store: JobStore, files: Files) -> None:
         super().__init__(store, files, {})
 
     def add(self, job: Job) -> int:

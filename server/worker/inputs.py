@@ -15,7 +15,7 @@ from urllib.parse import unquote_to_bytes
 from pipelines.common.image_io import DecodeLimits, ImageDecodeError, decode_image
 from pipelines.contract import ImageLoader, ItemError
 from server.config import Settings
-from server.files import FileStore
+from server.files import Files
 
 
 def decode_data_uri(uri: str) -> bytes:
@@ -31,7 +31,7 @@ def decode_data_uri(uri: str) -> bytes:
     return unquote_to_bytes(payload)
 
 
-def make_image_loader(settings: Settings, files: FileStore) -> ImageLoader:
+def make_image_loader(settings: Settings, files: Files) -> ImageLoader:
     limits = DecodeLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
 
     def fetch(url: str) -> bytes:
@@ -43,7 +43,7 @@ def make_image_loader(settings: Settings, files: FileStore) -> ImageLoader:
                 raise ImageDecodeError(
                     f"image is {stored.size} bytes, more than the limit of {limits.max_bytes}", "file_too_large"
                 )
-            return stored.path.read_bytes()
+            return stored.read_bytes()
         if url.startswith(("http://", "https://")):
             from server.net.fetch import fetch_bytes, policy_from_settings
 

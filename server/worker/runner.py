@@ -37,7 +37,7 @@ from pipelines.contract import (
 )
 from server.config import Settings
 from server.errors import validation_detail
-from server.files import FileStore
+from server.files import open_file_store
 from server.store import Job, JobStore, LogEntry, PipelineState, open_store
 from server.store.base import CANCELLED_ERROR
 from server.store.notify import QUEUE
@@ -95,7 +95,7 @@ class Worker:
         self.device = device
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{device}"
         self.store: JobStore = open_store(settings.resolved_store_url)
-        self.files = FileStore(settings.files_dir)
+        self.files = open_file_store(settings.files_url, settings.files_dir, settings.s3_endpoint_url)
         self.load_image = make_image_loader(settings, self.files)
         self.loaded: dict[str, Loaded] = {}
         self.residency = Residency(self._memory_budget())
@@ -299,7 +299,13 @@ class Worker:
 
     def _claim(self, loaded: Loaded, limit: int, key: Hashable | None = None) -> list[Job]:
         jobs = self.store.claim_batch(
-            loaded.endpoint, self.worker_id, self._key_fn(loaded), limit, self.settings.job_lease_s, key=key
+            loaded.endpoint,
+            self.worker_id,
+            self._key_fn(loaded),
+            limit,
+            self.settings.job_lease_s,
+            key=key,
+            max_running_per_key=self.settings.max_running_per_key,
         )
         if jobs:
             with self._active_lock:
