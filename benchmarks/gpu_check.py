@@ -27,7 +27,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 WHEELS = ROOT / ".whl"
-LOCK = ROOT / "requirements.lock"
+LOCK = ROOT / "uv.lock"
 
 # module -> distribution: what the worker and the benchmarks import
 REQUIRED = {
@@ -130,14 +130,19 @@ def install_missing() -> dict[str, Any]:
         cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(WHEELS),
                "--no-build-isolation", "--quiet", *dists]  # fmt: skip
     elif LOCK.is_file():
-        # the lock's exact versions (and hashes); pip installs only what is not there already
-        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "-r", str(LOCK)]
+        # the lock's exact versions (GPU onnxruntime) through uv, which reads uv.lock; needs PyPI
+        script = (
+            f"{sys.executable} -m pip install --quiet uv && {sys.executable} -m uv export --frozen --no-emit-project "
+            f"--extra gpu --extra dev -o /tmp/gpu_check_requirements.txt && {sys.executable} -m pip install --quiet "
+            "-r /tmp/gpu_check_requirements.txt"
+        )
+        cmd = ["bash", "-c", script]
     else:
         return {"missing": dists, "installed": "no .whl/ folder and no lock file: not installed"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     still = [REQUIRED[m] for m in missing_modules()]
     say(f"install exit {proc.returncode}; still missing: {', '.join(still) or 'none'}")
-    return {"missing": dists, "command": " ".join(cmd[2:]), "exit": proc.returncode, "still_missing": still,
+    return {"missing": dists, "command": " ".join(cmd), "exit": proc.returncode, "still_missing": still,
             "stderr_tail": proc.stderr[-2000:]}  # fmt: skip
 
 
