@@ -4,7 +4,6 @@ lease recovery, persistence, concurrent claims."""
 from __future__ import annotations
 
 import multiprocessing as mp
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
