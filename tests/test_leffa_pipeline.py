@@ -166,3 +166,13 @@ def test_memory_hooks(pipeline):
     features = sum(f.numel() for f in pipeline._reference_features(
         [pipeline.begin([item(pipeline, 0, steps=1)], FakeContext()).rows[0]], [1]).values())  # fmt: skip
     assert pipeline.row_bytes(inp) >= features * 4
+
+
+def test_nan_latents_fail_the_item_instead_of_a_black_image(pipeline):
+    ctx = FakeContext(seeds=[1, 2])
+    state = pipeline.begin([item(pipeline, 0, steps=1), item(pipeline, 1, steps=1)], ctx)
+    pipeline.step(state, ctx)
+    state.rows[0].latents = torch.full_like(state.rows[0].latents, float("nan"))
+    failed, fine = pipeline.finish(state, [0, 1], ctx)
+    assert isinstance(failed, ItemError) and failed.status_code == 500
+    assert isinstance(fine, LeffaPoseTransferOutput) and pixels(fine).any()

@@ -167,8 +167,7 @@ class LeffaPoseTransferPipeline(StepwisePipeline):
             h, w = nets.config.latent_hw
             sf = nets.vae.config.scaling_factor
             person = to_unit_range([items[i].extra["person"] for i in ok]).to(device, nets.dtype)
-            posterior = nets.vae.encode(person).latent_dist
-            ref_mean, ref_std = posterior.mean.float(), posterior.std.float()
+            ref_mean, ref_std = self._encode(person)
             masked_mean, masked_std = self._masked_image_posterior()
             state.record("vae.masked.mean", masked_mean)
             state.record("vae.ref.mean", ref_mean[:1])
@@ -200,9 +199,24 @@ class LeffaPoseTransferPipeline(StepwisePipeline):
         if self._masked_posterior is None:
             nets = self.networks
             zeros = torch.zeros((1, 3, nets.config.height, nets.config.width), device=nets.device, dtype=nets.dtype)
-            dist = nets.vae.encode(zeros).latent_dist
-            self._masked_posterior = (dist.mean.float(), dist.std.float())
+            self._masked_posterior = self._encode(zeros)
         return self._masked_posterior
+
+    def _encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """VAE posterior (mean, std) in float32; redone in float32 when the half-precision encode overflows."""
+        dist = self.networks.vae.encode(images).latent_dist
+        if not (torch.isfinite(dist.mean).all() and torch.isfinite(dist.std).all()):
+            log.warning("VAE encode in %s overflowed; encoding again in float32", images.dtype)
+            dist = self._float32_vae().encode(images.float()).latent_dist
+        return dist.mean.float(), dist.std.float()
+
+    def _float32_vae(self) -> torch.nn.Module:
+        vae = self.networks.vae
+        if vae.dtype == torch.float32:
+            return vae
+        if self._vae_fp32 is None:
+            self._vae_fp32 = copy.deepcopy(vae).float()
+        return self._vae_fp32
 
     def _accelerated_features(self, rows: list[Row], state: LeffaState) -> None:
         """``ref_acceleration``: each row's reference features, once, at its ``timesteps[n // 2]``."""
@@ -318,12 +332,18 @@ class LeffaPoseTransferPipeline(StepwisePipeline):
             latents = torch.cat([row.latents for row in good])  # type: ignore[misc]
             state.record("final.latents", latents[:1])
             decoded = self._decode(latents, ctx, [row.key for row in good], state)
-            pixels = to_uint8(decoded)
+            finite = torch.isfinite(decoded.flatten(1)).all(dim=1).tolist()
+            for row, ok in zip(good, finite, strict=True):
+                if not ok:  # NaN latents (a half-precision overflow in the UNets): fail, never a black image
+                    row.error = ItemError(
+                        500, "the denoising overflowed (NaN); retry in float32", "internal_server_error"
+                    )
+            pixels = to_uint8(decoded.nan_to_num())
             state.record("out.image_u8", torch.from_numpy(pixels[:1]))
-            checked = [j for j, row in enumerate(good) if row.input.enable_safety_checker]
+            checked = [j for j, row in enumerate(good) if row.input.enable_safety_checker and row.error is None]
             nsfw = self.safety.check([pixels[j] for j in checked])
             for j, row in enumerate(good):
-                images[row.key], flags[row.key] = pixels[j], False
+                images[row.key], flags[row.key] = pixels[j], False  # rows failed just now are answered by save
             for j, flagged in zip(checked, nsfw, strict=True):
                 if flagged:  # documented choice: a black image, as diffusers' pipelines return
                     images[good[j].key] = np.zeros_like(pixels[j])
@@ -348,9 +368,7 @@ class LeffaPoseTransferPipeline(StepwisePipeline):
             log.warning("VAE decode in %s overflowed; decoding again in float32", vae.dtype)
             for key in keys:
                 ctx.log(f"VAE decode in {vae.dtype} overflowed; decoded again in float32", item=key, level="WARNING")
-            if self._vae_fp32 is None:
-                self._vae_fp32 = copy.deepcopy(vae).float()
-            decoded = self._vae_fp32.decode(z.float()).sample
+            decoded = self._float32_vae().decode(z.float()).sample
         decoded = decoded.float()
         state.record("dec.sample", decoded[:1])
         return decoded
