@@ -8,8 +8,8 @@ Times (seconds, one call each, not repeated): one UNet step (CFG: 2 UNet rows pe
 fidelity) at each batch size, summing the time spent inside each Transformer2D / ResNet / resampling block
 (materialisation excluded), one float32 VAE decode, one reference's ID embedding (BiSeNet at 512, EVA02-L
 at 336, IDEncoder) and the two text encoders. Per-image figures are extrapolated:
-steps x step(b) / b + decode, plus 4 x ID embedding + prompts for the original way (one image per call,
-references embedded each time). Peak memory is the process's max RSS.
+steps x step(b) / b + decode (timed at 384x512, x4), plus 4 x ID embedding + prompts for the original way
+(one image per call, references embedded each time). Peak memory is the process's max RSS.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from pipelines.pulid.faces import parse_labels
 from pipelines.pulid.id_attention import IDConditioning, row_sequences
 from pipelines.pulid.id_embedding import cond_tokens, eva_from_parsed
 from pipelines.pulid.idencoder import IDEncoder
-from pipelines.pulid.sdxl import encode_prompt, make_scheduler
+from pipelines.pulid.sdxl import make_scheduler
 
 STREAMED = (Transformer2DModel, ResnetBlock2D, Downsample2D, Upsample2D)
 
@@ -143,24 +143,28 @@ def time_id_embedding() -> float:
 
 @torch.inference_mode()
 def time_prompts(dtype: torch.dtype) -> float:
-    """Both text encoders in the serving dtype, prompt and negative prompt."""
-    nets = sdxl.build_sdxl(sdxl.TINY)  # for its tokenizers
-    with torch.device("meta"):
-        text = CLIPTextModel(CLIPTextConfig(**sdxl.TEXT_REAL)).to(dtype)
-        text_2 = CLIPTextModelWithProjection(CLIPTextConfig(**sdxl.TEXT_2_REAL)).to(dtype)
-    for model in (text, text_2):
+    """Both text encoders in the serving dtype, prompt and negative prompt; one encoder in memory at a time."""
+    tokenizer = sdxl.byte_level_tokenizer()
+    ids = tokenizer("portrait, impressionist painting", padding="max_length", max_length=77, return_tensors="pt")
+    total = 0.0
+    for cls, config in ((CLIPTextModel, sdxl.TEXT_REAL), (CLIPTextModelWithProjection, sdxl.TEXT_2_REAL)):
+        with torch.device("meta"):
+            model = cls(CLIPTextConfig(**config)).to(dtype)
         materialize_(model)
         for module in model.modules():  # the position ids are a computed buffer, not a weight
             if isinstance(getattr(module, "position_ids", None), torch.Tensor):
                 module.position_ids = torch.arange(77)[None]
-    nets.text_encoder, nets.text_encoder_2 = text.eval(), text_2.eval()
-    return 2 * timed_once(lambda: encode_prompt(nets, "portrait, impressionist painting"))
+        total += 2 * timed_once(lambda model=model: model.eval()(ids.input_ids, output_hidden_states=True))
+        del model
+    return total
 
 
 @torch.inference_mode()
 def time_vae_decode() -> float:
+    """float32 decode at 384x512, times 4 (the decoder is convolutional: cost ~ pixels); 768x1024 would not
+    fit the 3 GB this script keeps to."""
     vae = built(lambda: AutoencoderKL.from_config(sdxl.VAE_REAL))
-    return timed_once(lambda: vae.decode(torch.randn(1, 4, 128, 96) / 0.13025))
+    return 4 * timed_once(lambda: vae.decode(torch.randn(1, 4, 64, 48) / 0.13025))
 
 
 @torch.inference_mode()
@@ -174,15 +178,17 @@ def main() -> None:
     dtype = torch_dtype(args.dtype)
     res: dict[str, Any] = {"unet_step_s": {}}
 
-    res["id_embedding_s_per_reference"] = round(time_id_embedding(), 3)
-    res["prompt_encoding_s"] = round(time_prompts(dtype), 3)
-    res["vae_decode_s"] = round(time_vae_decode(), 3)
-    print(json.dumps(res), flush=True)
-
     unet, clock = streamed_unet(dtype)
     for images in args.batch_sizes:
         res["unet_step_s"][images] = round(unet_step(unet, clock, images, dtype), 3)
         print(json.dumps(res), flush=True)
+    del unet
+    res["vae_decode_s"] = round(time_vae_decode(), 3)
+    print(json.dumps(res), flush=True)
+    res["id_embedding_s_per_reference"] = round(time_id_embedding(), 3)
+    print(json.dumps(res), flush=True)
+    res["prompt_encoding_s"] = round(time_prompts(dtype), 3)
+    print(json.dumps(res), flush=True)
 
     per_image = {b: round(args.steps * s / b + res["vae_decode_s"], 2) for b, s in res["unet_step_s"].items()}
     step1 = res["unet_step_s"].get(1, min(res["unet_step_s"].values()))
