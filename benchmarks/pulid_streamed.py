@@ -5,7 +5,7 @@ each materialised with random values just before it runs and dropped after.
     python -m benchmarks.pulid_streamed --dtype bfloat16 --batch-sizes 1 4
 
 Times (seconds, one call each, not repeated): one UNet step (CFG: 2 UNet rows per image, 4 references,
-fidelity) at each batch size, summing the time spent inside each Transformer2D / ResNet / resampling block
+fidelity) at each batch size, summing the time spent inside each transformer / ResNet / resampling block
 (materialisation excluded), one float32 VAE decode, one reference's ID embedding (BiSeNet at 512, EVA02-L
 at 336, IDEncoder) and the two text encoders. Per-image figures are extrapolated:
 steps x step(b) / b + decode (timed at 384x512, x4), plus 4 x ID embedding + prompts for the original way
@@ -15,6 +15,7 @@ steps x step(b) / b + decode (timed at 384x512, x4), plus 4 x ID embedding + pro
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import resource
 import time
@@ -24,8 +25,8 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL
+from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
-from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -41,7 +42,7 @@ from pipelines.pulid.id_embedding import cond_tokens, eva_from_parsed
 from pipelines.pulid.idencoder import IDEncoder
 from pipelines.pulid.sdxl import make_scheduler
 
-STREAMED = (Transformer2DModel, ResnetBlock2D, Downsample2D, Upsample2D)
+STREAMED = (BasicTransformerBlock, ResnetBlock2D, Downsample2D, Upsample2D)
 
 
 def materialize_(module: nn.Module, recurse: bool = True) -> None:
@@ -52,6 +53,11 @@ def materialize_(module: nn.Module, recurse: bool = True) -> None:
             p.normal_(0, 0.02)
         for b in module.buffers(recurse=recurse):
             b.zero_()
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise, and RSS only grows)."""
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def built(fn: Callable[[], nn.Module]) -> nn.Module:
@@ -89,6 +95,7 @@ def streamed_unet(dtype: torch.dtype) -> tuple[nn.Module, dict[str, float]]:
     def after(module: nn.Module, _args: Any, _out: Any) -> None:
         clock["inside"] += time.perf_counter() - clock["start"]
         module.to("meta")
+        release_freed_memory()
 
     outermost = [m for m in streamed if not any(m is not o and m in list(o.modules()) for o in streamed)]
     for module in outermost:
