@@ -2,7 +2,9 @@
 original way of running the same networks.
 
     python -m benchmarks.pulid_bench --device cuda --dtype float16                 # GPU: both ways, end to end
-    flock /tmp/bigmem.lock python -m benchmarks.pulid_bench --dtype bfloat16 --components-only   # CPU
+    flock /tmp/bigmem.lock python -m benchmarks.pulid_bench --components-only      # CPU, ~11 GB float32
+
+(``benchmarks/pulid_streamed.py`` times the same full-size components on a CPU in under 3 GB.)
 
 - ours: requests batched through the stepwise pipeline (their rows share UNet calls), ID tokens of the
   4 references cached (the same faces as the previous request);
