@@ -199,15 +199,19 @@ def test_tiny_models_have_the_real_signatures(tiny, reference_dir):
 
 @pytest.fixture(scope="module")
 def standin_weights(reference_dir, tmp_path_factory):
-    """A weights dir whose manifest paths point (by symlink) at the reference stand-in ONNX files."""
+    """A weights dir holding the reference stand-in ONNX files under the real names, taken in as a user would
+    take in files that differ from the manifest: ``weights import --accept-mismatch``."""
+    from weights.download import import_dir
+
     ref = reference_dir / "dwpose"
-    root = tmp_path_factory.mktemp("weights")
+    source = tmp_path_factory.mktemp("standins")
     for entry, standin in zip(
         weights.manifest("dwpose"), ["tiny_standin_yolox_l.onnx", "tiny_standin_dw-ll_ucoco_384.onnx"], strict=True
     ):
-        target = weights.local_path(entry, root)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(ref / standin)
+        (source / entry.filename).symlink_to(ref / standin)
+    root = tmp_path_factory.mktemp("weights")
+    report = import_dir(source, ["dwpose"], root=root, accept_mismatch=True, say=lambda _: None)
+    assert report.ok and len(report.done) == 2, report
     return root
 
 
