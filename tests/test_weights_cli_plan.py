@@ -30,13 +30,14 @@ def env(tmp_path, monkeypatch):
 def test_pull_defaults_to_the_served_pipelines_and_says_how_much_first(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("FAL_ONPREM_MANIFEST_DIR", raising=False)
     served = cli.served_pipelines()
-    assert {"dwpose", "liveportrait"} <= set(served) and "leffa" not in served  # leffa is schema-only today
+    # every endpoint's own manifest; component manifests (pulled with the pipelines that need them) are not listed
+    assert set(served) == {"catvton", "dwpose", "leffa", "liveportrait", "pulid"}
     assert cli.main(["pull", "--dry-run", "--weights-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     files = unique_files(served)
     total = sum(f.expected_bytes or 0 for f in files)
     assert f"will download {len(files)} file(s), {human(total)}" in out
-    assert "yzd-v/DWPose/yolox_l.onnx" in out and "franciszzj/Leffa" not in out
+    assert "yzd-v/DWPose/yolox_l.onnx" in out and "franciszzj/Leffa" in out
 
     assert cli.main(["pull", "--dry-run", "--all", "--weights-dir", str(tmp_path)]) == 0
     everything = capsys.readouterr().out
