@@ -56,7 +56,11 @@ def entrypoint(dirs, *command: str, dry: bool = True, user: int | None = None, *
         **({"FAL_ONPREM_ENTRYPOINT_DRY_RUN": "1"} if dry else {}),
         **env,
     }
-    argv = ["sh", str(ENTRYPOINT), *(command or SERVE)]
+    # a copy beside the volumes: readable by every uid, as the image's copy is (the checkout may not be)
+    script = Path(dirs[0]).parent / "entrypoint.sh"
+    shutil.copyfile(ENTRYPOINT, script)
+    script.chmod(0o755)
+    argv = ["sh", str(script), *(command or SERVE)]
     if user is not None:  # `docker run --user`
         argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
     proc = subprocess.run(argv, env=environ, capture_output=True, text=True, timeout=30)
