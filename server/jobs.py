@@ -19,6 +19,7 @@ from server.store import Job, JobStore, LogEntry
 from server.urls import request_urls
 
 READY_STALE_S = 30.0  # workers re-report every second; older reports belong to dead workers
+MAX_START_TIMEOUT_S = 7 * 24 * 3600.0  # a longer start deadline is a mistake, not a wish
 
 
 def iso(ts: float) -> str:
@@ -47,20 +48,20 @@ def parse_priority(value: str | None) -> str:
 
 
 def parse_start_timeout(value: str | None) -> float | None:
-    """``X-Fal-Request-Timeout``: seconds (float or int) the request may wait to start; must be > 1."""
+    """``X-Fal-Request-Timeout``: seconds (float or int) the request may wait to start; > 1 and at most a week."""
     if value is None or value == "":
         return None
     try:
         seconds = float(value)
     except ValueError:
         seconds = -1.0
-    if seconds <= 1:
+    if not 1 < seconds <= MAX_START_TIMEOUT_S:  # also false for nan; inf is over the cap
         raise FalError(
             422,
             [
                 {
                     "loc": ["header", "x-fal-request-timeout"],
-                    "msg": "must be a number > 1",
+                    "msg": f"must be a number > 1 and <= {MAX_START_TIMEOUT_S:.0f}",
                     "type": "value_error",
                 }
             ],

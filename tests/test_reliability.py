@@ -1,0 +1,64 @@
+"""Regression tests of issue #11 (reliability under faults and hostile input), one per defect, in-process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from pipelines import registry
+from server.app import create_app
+from server.config import Settings
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> TestClient:
+    return TestClient(create_app(Settings(data_dir=tmp_path)))
+
+
+# -- 3. non-finite numbers -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_are_a_json_422_naming_the_field(client: TestClient, literal: str) -> None:
+    body = '{"image_url": "data:image/png;base64,AA==", "blink": ' + literal + "}"
+    r = client.post("/queue/fal-ai/live-portrait/image", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    detail = r.json()["detail"]
+    assert detail[0]["loc"] == ["body", "blink"] and detail[0]["type"] == "finite_number"
+    # a NaN in a field that wants a string is echoed back as text, not as an unserialisable float
+    r = client.post(
+        "/queue/fal-ai/dwpose", content='{"image_url": ' + literal + "}", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "image_url"]
+
+
+def test_every_float_field_of_every_endpoint_refuses_non_finite_values() -> None:
+    for spec in registry.endpoints().values():
+        model = spec.input_model
+        if model.__module__.startswith("tests."):
+            continue
+        assert model.model_config.get("allow_inf_nan") is False, spec.endpoint_id
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e300", "0.5"])
+def test_start_timeout_header_refuses_nan_inf_and_absurd_values(client: TestClient, value: str) -> None:
+    r = client.post(
+        "/queue/fal-ai/dwpose",
+        json={"image_url": "data:image/png;base64,AA=="},
+        headers={"X-Fal-Request-Timeout": value},
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["header", "x-fal-request-timeout"]
+
+
+def test_an_unexpected_exception_still_answers_json(tmp_path: Path) -> None:
+    app = create_app(Settings(data_dir=tmp_path))
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("bug")
+
+    r = TestClient(app, raise_server_exceptions=False).get("/boom")
+    assert r.status_code == 500 and r.json()["error_type"] == "internal_server_error"
