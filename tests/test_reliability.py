@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image as PILImage
 
 from pipelines import registry
+from pipelines.common.image_io import ImageDecodeError, decode_image
 from server.app import create_app
 from server.config import Settings
 
@@ -62,3 +65,42 @@ def test_an_unexpected_exception_still_answers_json(tmp_path: Path) -> None:
 
     r = TestClient(app, raise_server_exceptions=False).get("/boom")
     assert r.status_code == 500 and r.json()["error_type"] == "internal_server_error"
+
+
+# -- 4. degenerate image sizes ---------------------------------------------------------------------------
+
+
+def _png(size: tuple[int, int]) -> bytes:
+    buf = io.BytesIO()
+    PILImage.new("RGB", size, (90, 120, 150)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("size", [(3000, 1), (1, 4000), (7, 500)])
+def test_degenerate_image_sizes_are_refused_by_decoding(size: tuple[int, int]) -> None:
+    with pytest.raises(ImageDecodeError) as err:
+        decode_image(_png(size))
+    assert err.value.error_type == "image_too_small" and f"{size[0]}x{size[1]}" in str(err.value)
+
+
+def test_pil_internals_do_not_leak_into_image_errors() -> None:
+    with pytest.raises(ImageDecodeError) as err:
+        decode_image(b"\x00" * 64)
+    assert "BytesIO" not in str(err.value) and "JPEG, PNG or WEBP" in str(err.value)
+
+
+@pytest.mark.parametrize("size", [(40000, 16), (16, 40000), (10240, 8), (10240, 64)])
+def test_liveportrait_elongated_images_are_a_422_on_image_url(size: tuple[int, int]) -> None:
+    from pipelines.contract import ItemError, WeightSource
+    from pipelines.liveportrait.pipeline import LivePortraitPipeline
+    from pipelines.liveportrait.schema import LivePortraitImageInput
+
+    pipe = LivePortraitPipeline.load(WeightSource.tiny(seed=0))
+    strip = PILImage.new("RGB", size, (90, 120, 150))
+    inp = LivePortraitImageInput(image_url="https://x/strip.png", enable_safety_checker=False, flag_do_crop=False)
+    try:
+        pipe.prepare(inp, lambda url, loc: strip)
+    except ItemError as exc:  # never an OpenCV assertion (500)
+        assert exc.status_code == 422 and exc.detail[0]["loc"] == ["body", "image_url"]
+    else:
+        assert min(size) * 1280 // max(size) >= 8  # a usable working copy: it may run
