@@ -104,3 +104,22 @@ def test_liveportrait_elongated_images_are_a_422_on_image_url(size: tuple[int, i
         assert exc.status_code == 422 and exc.detail[0]["loc"] == ["body", "image_url"]
     else:
         assert min(size) * 1280 // max(size) >= 8  # a usable working copy: it may run
+
+
+# -- 7. upload content types -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ctype", ["image/png\r\nX-Evil: 1", "not a type", "image/png; x=\x01", "a" * 300 + "/b"])
+def test_upload_content_type_must_be_a_mime_type(client: TestClient, ctype: str) -> None:
+    r = client.post("/rest/storage/upload/initiate", json={"content_type": ctype, "file_name": "a.png"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "content_type"]
+
+
+def test_stored_files_are_served_nosniff_with_their_valid_type(client: TestClient) -> None:
+    r = client.post("/rest/storage/upload/initiate", json={"content_type": "image/png; q=1", "file_name": "a.png"})
+    assert r.status_code == 200, r.text
+    urls = r.json()
+    assert client.put(urls["upload_url"].split("testserver", 1)[1], content=_png((16, 16))).status_code == 200
+    got = client.get(urls["file_url"].split("testserver", 1)[1])
+    assert got.status_code == 200 and got.headers["x-content-type-options"] == "nosniff"
+    assert got.headers["content-type"] == "image/png; q=1"

@@ -17,4 +17,10 @@ def get_file(request: Request, key: str, name: str) -> FileResponse:
     stored = store.open(key, name)
     if stored is None:
         raise FalError(404, "File not found", "file_not_found")
-    return FileResponse(stored.path, media_type=stored.content_type, filename=stored.name)
+    # nosniff: a browser must not run an uploaded "image" as HTML or script
+    return FileResponse(
+        stored.path,
+        media_type=stored.content_type,
+        filename=stored.name,
+        headers={"X-Content-Type-Options": "nosniff"},
+    )
