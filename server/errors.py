@@ -86,6 +86,21 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def error_text(error: dict[str, Any]) -> str:
+    """One line that says why a job failed: the detail text, or each validation item as ``field: msg``."""
+    detail = error.get("detail")
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, list) and detail:
+        parts = []
+        for item in detail:
+            loc = [str(p) for p in item.get("loc", []) if p != "body"] if isinstance(item, dict) else []
+            msg = item.get("msg", "") if isinstance(item, dict) else str(item)
+            parts.append(f"{'.'.join(loc)}: {msg}" if loc else str(msg))
+        return "; ".join(parts)
+    return f"Request failed with status code {error.get('status_code', 500)}"
+
+
 def validation_detail(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """pydantic errors -> fal's detail list (JSON-safe: ctx values become strings, NaN / Infinity too)."""
     out = []

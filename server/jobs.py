@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from pipelines.contract import EndpointSpec
-from server.errors import FalError
+from server.errors import FalError, error_text
 from server.store import Job, JobStore, LogEntry
 from server.urls import request_urls
 
@@ -130,9 +130,7 @@ def status_body(store: JobStore, job: Job, base: str, logs: list[LogEntry] | Non
     body["logs"] = None if logs is None else [log_dict(e) for e in logs]
     body["metrics"] = job.metrics if job.status == "COMPLETED" else {}
     if job.status == "COMPLETED" and job.error:
-        detail = job.error.get("detail")
-        code = job.error.get("status_code", 500)
-        body["error"] = detail if isinstance(detail, str) else f"Invalid status code: {code}"
+        body["error"] = error_text(job.error)  # the real reason, also for a validation list
         body["error_type"] = job.error.get("error_type")
     return body
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import logging
+import uuid
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,10 @@ from pipelines import registry
 from pipelines.common.image_io import ImageDecodeError, decode_image
 from server.app import create_app
 from server.config import Settings
+from server.jobs import status_body
+from server.store import Job, JobStore
+from server.worker.runner import Loaded, Worker
+from tests.support.echo_pipeline import EchoPipeline
 
 
 @pytest.fixture
@@ -123,3 +129,38 @@ def test_stored_files_are_served_nosniff_with_their_valid_type(client: TestClien
     got = client.get(urls["file_url"].split("testserver", 1)[1])
     assert got.status_code == 200 and got.headers["x-content-type-options"] == "nosniff"
     assert got.headers["content-type"] == "image/png; q=1"
+
+
+# -- 9. why a job failed ---------------------------------------------------------------------------------
+
+
+def _worker(tmp_path: Path, **settings: object) -> Worker:
+    """An in-process worker serving the test/echo pipeline (no registry, no model library)."""
+    worker = Worker(Settings(data_dir=tmp_path, **settings))
+    worker.loaded["test/echo"] = Loaded("test/echo", EchoPipeline(), max_batch=8, max_wait_ms=0)
+    return worker
+
+
+def _queue(store: JobStore, inp: dict, n: int = 1) -> list[str]:
+    ids = [str(uuid.uuid4()) for _ in range(n)]
+    for job_id in ids:
+        store.create(Job(id=job_id, endpoint="test/echo", input=inp))
+    return ids
+
+
+def test_a_failed_job_logs_one_line_and_its_status_says_the_real_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker = _worker(tmp_path)
+    (job_id,) = _queue(worker.store, {"image_url": "data:image/png;base64,AA=="})
+    with caplog.at_level(logging.WARNING, logger="fal_onprem.worker"):
+        batch = worker.claim_next()
+        assert batch is not None
+        worker.run_batch(batch)
+    lines = [r.getMessage() for r in caplog.records if job_id in r.getMessage()]
+    assert len(lines) == 1 and "test/echo" in lines[0] and "422" in lines[0] and "image_url" in lines[0]
+    job = worker.store.get(job_id)
+    assert job is not None
+    body = status_body(worker.store, job, "http://x", None)
+    assert body["error"].startswith("image_url: ") and "Invalid status code" not in body["error"]
+    assert "not a JPEG, PNG or WEBP" in body["error"]

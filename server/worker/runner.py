@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from pipelines import registry
 from pipelines.contract import BatchCancelled, ItemError, Pipeline, Prepared, WeightSource
 from server.config import Settings
-from server.errors import validation_detail
+from server.errors import error_text, validation_detail
 from server.files import FileStore
 from server.store import Job, JobStore, PipelineState, open_store
 from server.store.base import CANCELLED_ERROR
@@ -51,6 +51,18 @@ class ClaimedBatch:
     loaded: Loaded
     jobs: list[Job]
     prepared: list[Prepared | dict[str, Any]]  # a dict is the item's error
+
+
+def log_failed_job(job: Job, error: dict[str, Any]) -> None:
+    """One server log line per failed job: request id, endpoint, error type and the reason."""
+    log.warning(
+        "request %s on %s failed: %s %s: %s",
+        job.id,
+        job.endpoint,
+        error.get("status_code", 500),
+        error.get("error_type") or "error",
+        error_text(error),
+    )
 
 
 def _internal_error(exc: BaseException) -> dict[str, Any]:
@@ -218,7 +230,8 @@ class Worker:
                 self.store.complete(job.id, result=result, metrics=metrics, worker_id=self.worker_id)
             else:
                 error = outcome or _internal_error(RuntimeError("no result"))
-                self.store.complete(job.id, error=error, metrics=metrics, worker_id=self.worker_id)
+                if self.store.complete(job.id, error=error, metrics=metrics, worker_id=self.worker_id):
+                    log_failed_job(job, error)
         self._forget(batch)
         self.batches_run += 1
 
