@@ -20,7 +20,9 @@ from collections.abc import Sequence
 
 log = logging.getLogger("fal_onprem")
 
-WORKER_RESTART_DELAY_S = 2.0
+WORKER_RESTART_DELAY_S = 2.0  # before restarting a worker that died within WORKER_MIN_UPTIME_S of its start
+WORKER_MIN_UPTIME_S = 30.0
+WATCH_INTERVAL_S = 0.5
 
 
 def _common_flags(p: argparse.ArgumentParser) -> None:
@@ -110,18 +112,24 @@ class WorkerSupervisor:
     """Keeps one worker child process per device slot alive (a crashed worker is restarted).
 
     Slots, not device names, identify workers: ``--device cuda:0 --device cuda:0`` runs two workers
-    on one GPU (e.g. to overlap CPU-bound preprocessing), and each is restarted on its own.
+    on one GPU (e.g. to overlap CPU-bound preprocessing), and each is restarted on its own. When a
+    worker dies, its jobs are handed back at once (``release_dead_worker``) rather than after their
+    lease, so re-runs start within seconds; once ``stopping`` is set (shutdown) nothing is restarted.
     """
 
-    def __init__(self, devices: list[str]) -> None:
+    def __init__(self, devices: list[str], store_url: str | None = None, max_attempts: int = 2) -> None:
         self.devices = devices
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.started: dict[int, float] = {}
         self.stopping = threading.Event()
+        self.store_url = store_url
+        self.max_attempts = max_attempts
 
     def _spawn(self, slot: int) -> None:
         device = self.devices[slot]
         cmd = [sys.executable, "-m", "server.cli", "worker", "--device", device, "--parent-pid", str(os.getpid())]
         self.procs[slot] = subprocess.Popen(cmd, preexec_fn=_die_with_parent)
+        self.started[slot] = time.monotonic()
         log.info("started worker pid=%d device=%s", self.procs[slot].pid, device)
 
     def start(self) -> None:
@@ -130,12 +138,36 @@ class WorkerSupervisor:
         threading.Thread(target=self._watch, daemon=True, name="supervisor").start()
 
     def _watch(self) -> None:
-        while not self.stopping.wait(1.0):
+        while not self.stopping.wait(WATCH_INTERVAL_S):
             for slot, proc in list(self.procs.items()):
-                if proc.poll() is not None and not self.stopping.is_set():
-                    log.warning("worker on %s exited with %s; restarting", self.devices[slot], proc.returncode)
-                    time.sleep(WORKER_RESTART_DELAY_S)
+                if proc.poll() is None or self.stopping.is_set():
+                    continue
+                self._release(self.devices[slot], proc.pid)
+                log.warning("worker on %s exited with %s; restarting", self.devices[slot], proc.returncode)
+                crash_loop = time.monotonic() - self.started[slot] < WORKER_MIN_UPTIME_S
+                if crash_loop and self.stopping.wait(WORKER_RESTART_DELAY_S):  # back off, unless shutting down
+                    return
+                if not self.stopping.is_set():
                     self._spawn(slot)
+
+    def _release(self, device: str, pid: int) -> None:
+        """Hand the dead worker's jobs back now (a SIGKILL gives it no chance to do it itself)."""
+        if self.store_url is None:
+            return
+        from server.store import open_store
+        from server.worker.identity import worker_id
+
+        try:
+            store = open_store(self.store_url)
+            try:
+                released = store.release_dead_worker(worker_id(device, pid), self.max_attempts)
+            finally:
+                store.close()
+        except Exception:  # the lease still runs out: never let this stop the supervisor
+            log.exception("could not release the jobs of worker pid=%d", pid)
+            return
+        if released:
+            log.warning("worker pid=%d died holding %d job(s): recovered now", pid, len(released))
 
     def stop(self) -> None:
         self.stopping.set()
@@ -179,7 +211,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from server.app import create_app
 
     devices = [] if args.no_worker else (args.device or visible_devices() or ["cpu"])
-    supervisor = WorkerSupervisor(devices)
+    supervisor = WorkerSupervisor(devices, settings.resolved_store_url, settings.max_attempts)
     supervisor.start()
     log.info("API on %s:%d, workers on %s", settings.host, settings.port, ", ".join(devices) or "none")
     _exit_on_sigterm()

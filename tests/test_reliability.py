@@ -16,7 +16,7 @@ from pipelines.common.image_io import ImageDecodeError, decode_image
 from server.app import create_app
 from server.config import Settings
 from server.jobs import status_body
-from server.store import Job, JobStore
+from server.store import Job, JobStore, PipelineState, SQLiteJobStore
 from server.worker.runner import Loaded, Worker
 from tests.support.echo_pipeline import EchoPipeline
 
@@ -164,3 +164,27 @@ def test_a_failed_job_logs_one_line_and_its_status_says_the_real_reason(
     body = status_body(worker.store, job, "http://x", None)
     assert body["error"].startswith("image_url: ") and "Invalid status code" not in body["error"]
     assert "not a JPEG, PNG or WEBP" in body["error"]
+
+
+# -- 5. a dead worker's jobs are recovered at once ----------------------------------------------------------
+
+
+def test_release_dead_worker_recovers_its_jobs_without_waiting_for_the_lease(tmp_path: Path) -> None:
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    started, prefetched, exhausted, other = (str(uuid.uuid4()) for _ in range(4))
+    for job_id in (started, prefetched, exhausted, other):
+        store.create(Job(id=job_id, endpoint="test/echo", input={}))
+    store.claim_batch("test/echo", "dead", lambda inp: (), 3, lease_s=3600)  # long leases: nothing expires
+    store.claim_batch("test/echo", "alive", lambda inp: (), 1, lease_s=3600)
+    store.start([started, exhausted], "dead")
+    store._db().execute("UPDATE jobs SET attempts = 2 WHERE id = ?", (exhausted,))  # its last attempt
+    store.set_pipeline_state(PipelineState("test/echo", "dead", "ready"))
+    assert store.recover_expired_leases(max_attempts=2) == []  # the lease alone would keep them for an hour
+
+    assert sorted(store.release_dead_worker("dead", max_attempts=2)) == sorted([started, prefetched, exhausted])
+    jobs = {j: store.get(j) for j in (started, prefetched, exhausted, other)}
+    assert (jobs[started].status, jobs[started].attempts) == ("IN_QUEUE", 1)  # the attempt still counts
+    assert (jobs[prefetched].status, jobs[prefetched].attempts) == ("IN_QUEUE", 0)  # never ran: free
+    assert jobs[exhausted].status == "COMPLETED" and jobs[exhausted].error["error_type"] == "runner_disconnected"
+    assert jobs[other].status == "IN_PROGRESS" and jobs[other].worker_id == "alive"
+    assert [s for s in store.pipeline_states() if s.worker_id == "dead"] == []

@@ -112,6 +112,37 @@ def _enqueue_webhook(db: sqlite3.Connection, job_id: str, now: float) -> None:
     )
 
 
+def _recover(
+    db: sqlite3.Connection, rows: list[sqlite3.Row], max_attempts: int, now: float, unstarted_free: bool
+) -> None:
+    """Re-queue the given IN_PROGRESS jobs of a dead worker while attempts remain, else fail them.
+
+    With ``unstarted_free``, a job that was only claimed (prefetched, ``started_at`` unset) is re-queued
+    whatever its attempt count: it never ran on that worker.
+    """
+    # 500, not fal's 503: the job is over, and both clients would re-submit a run on a 503, re-running
+    # the input that just killed the worker.
+    failed_error = {
+        "status_code": 500,
+        "detail": f"The worker running this request stopped responding {max_attempts} times; giving up",
+        "error_type": "runner_disconnected",
+    }
+    for r in rows:
+        if r["attempts"] < max_attempts or (unstarted_free and r["started_at"] is None):
+            db.execute(
+                "UPDATE jobs SET status = 'IN_QUEUE', worker_id = NULL, lease_until = NULL, "
+                "started_at = NULL WHERE id = ? AND status = 'IN_PROGRESS'",
+                (r["id"],),
+            )
+        else:
+            db.execute(
+                "UPDATE jobs SET status = 'COMPLETED', finished_at = ?, error = ?, lease_until = NULL "
+                "WHERE id = ? AND status = 'IN_PROGRESS'",
+                (now, json.dumps(failed_error), r["id"]),
+            )
+            _enqueue_webhook(db, r["id"], now)
+
+
 def _row_to_webhook(row: sqlite3.Row) -> WebhookDelivery:
     return WebhookDelivery(
         job_id=row["job_id"],
@@ -486,31 +517,23 @@ class SQLiteJobStore:
     def recover_expired_leases(self, max_attempts: int, now: float | None = None) -> list[str]:
         """Jobs of a dead worker (lease expired): re-queue if attempts remain, else fail them."""
         now = time.time() if now is None else now
-        # 500, not fal's 503: the job is over, and both clients would re-submit a run on a 503, re-running
-        # the input that just killed the worker.
-        failed_error = {
-            "status_code": 500,
-            "detail": f"The worker running this request stopped responding {max_attempts} times; giving up",
-            "error_type": "runner_disconnected",
-        }
         with self._write() as db:
             rows = db.execute(
-                "SELECT id, attempts FROM jobs WHERE status = 'IN_PROGRESS' AND lease_until < ?", (now,)
+                "SELECT id, attempts, started_at FROM jobs WHERE status = 'IN_PROGRESS' AND lease_until < ?", (now,)
             ).fetchall()
-            for r in rows:
-                if r["attempts"] < max_attempts:
-                    db.execute(
-                        "UPDATE jobs SET status = 'IN_QUEUE', worker_id = NULL, lease_until = NULL, "
-                        "started_at = NULL WHERE id = ?",
-                        (r["id"],),
-                    )
-                else:
-                    db.execute(
-                        "UPDATE jobs SET status = 'COMPLETED', finished_at = ?, error = ?, lease_until = NULL "
-                        "WHERE id = ?",
-                        (now, json.dumps(failed_error), r["id"]),
-                    )
-                    _enqueue_webhook(db, r["id"], now)
+            _recover(db, rows, max_attempts, now, unstarted_free=False)
+        return [r["id"] for r in rows]
+
+    def release_dead_worker(self, worker_id: str, max_attempts: int) -> list[str]:
+        """See ``JobStore.release_dead_worker``: a dead worker's jobs are recovered now, not after the lease."""
+        now = time.time()
+        with self._write() as db:
+            rows = db.execute(
+                "SELECT id, attempts, started_at FROM jobs WHERE status = 'IN_PROGRESS' AND worker_id = ?",
+                (worker_id,),
+            ).fetchall()
+            _recover(db, rows, max_attempts, now, unstarted_free=True)
+            db.execute("DELETE FROM pipeline_states WHERE worker_id = ?", (worker_id,))
         return [r["id"] for r in rows]
 
     def set_pipeline_state(self, state: PipelineState) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 import traceback
@@ -27,6 +26,7 @@ from server.files import FileStore
 from server.store import Job, JobStore, PipelineState, open_store
 from server.store.base import CANCELLED_ERROR
 from server.worker.context import BatchContext
+from server.worker.identity import worker_id as default_worker_id
 from server.worker.inputs import make_image_loader
 
 log = logging.getLogger("fal_onprem.worker")
@@ -76,7 +76,7 @@ class Worker:
         self.settings = settings
         self.parent_pid = parent_pid
         self.device = device
-        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{device}"
+        self.worker_id = worker_id or default_worker_id(device)
         self.store: JobStore = open_store(settings.resolved_store_url)
         self.files = FileStore(settings.files_dir)
         self.load_image = make_image_loader(settings, self.files)
