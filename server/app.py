@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.shutting_down = threading.Event()  # set by `serve` on SIGTERM/SIGINT: waiting runs answer 503
     app.state.endpoints = endpoints
     app.state.store = open_store(settings.resolved_store_url)
     app.state.files = FileStore(settings.files_dir)

@@ -16,7 +16,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 log = logging.getLogger("fal_onprem")
 
@@ -181,6 +182,18 @@ class WorkerSupervisor:
                 proc.kill()
 
 
+def _shutdown_aware_server(config: Any, on_exit_signal: Callable[[], None]) -> Any:
+    """A uvicorn server that calls ``on_exit_signal`` as soon as SIGTERM/SIGINT arrives."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            on_exit_signal()
+            super().handle_exit(sig, frame)
+
+    return Server(config)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     _apply_env(args)
     from server.config import Settings
@@ -215,17 +228,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     supervisor.start()
     log.info("API on %s:%d, workers on %s", settings.host, settings.port, ", ".join(devices) or "none")
     _exit_on_sigterm()
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        log_config=None,  # keep our handlers (text or JSON) for uvicorn too
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
+        timeout_graceful_shutdown=5,
+    )
+
+    def on_exit_signal() -> None:
+        # before anything else: a worker that got the same signal (process group) must not be restarted,
+        # and waiting runs answer a JSON 503 instead of being cut off by the graceful-shutdown timeout
+        supervisor.stopping.set()
+        app.state.shutting_down.set()
+
     try:
-        uvicorn.run(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level.lower(),
-            log_config=None,  # keep our handlers (text or JSON) for uvicorn too
-            ssl_certfile=args.ssl_certfile,
-            ssl_keyfile=args.ssl_keyfile,
-            timeout_graceful_shutdown=5,
-        )
+        _shutdown_aware_server(config, on_exit_signal).run()
     finally:
         supervisor.stop()
     return 0

@@ -14,11 +14,24 @@ from fastapi.responses import JSONResponse, Response
 from pipelines.contract import EndpointSpec
 from server import jobs
 from server.auth import caller_key_id
-from server.errors import SUBMIT_RESPONSES, FalError, job_error_response
+from server.errors import SUBMIT_RESPONSES, FalError, error_response, job_error_response
 from server.store import JobStore
 from server.urls import base_url
 
 POLL_MIN_S, POLL_MAX_S = 0.005, 0.1  # short jobs answer fast; long ones poll gently
+SHUTDOWN_RETRY_AFTER_S = 5
+
+
+async def shutdown_response(store: JobStore, job_id: str) -> Response:
+    """What a waiting run answers when the server shuts down: a JSON 503 with a retry hint. Its job is
+    cancelled (if queued it would otherwise run after the restart for a client that has gone)."""
+    await to_thread.run_sync(store.request_cancel, job_id)
+    return error_response(
+        503,
+        "The server is shutting down; retry the request",
+        "server_shutting_down",
+        {"Retry-After": str(SHUTDOWN_RETRY_AFTER_S), "x-fal-request-id": job_id},
+    )
 
 
 def run_route(spec: EndpointSpec):
@@ -53,6 +66,8 @@ def run_route(spec: EndpointSpec):
             if await request.is_disconnected():
                 await to_thread.run_sync(store.request_cancel, job.id)
                 return Response(status_code=499)
+            if request.app.state.shutting_down.is_set():
+                return await shutdown_response(store, job.id)
             await asyncio.sleep(poll)
             poll = min(POLL_MAX_S, poll * 1.5)
         if current.error:
