@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     job_lease_s: float = 30.0
     max_attempts: int = 2
     max_batch_run_s: float = 3600.0
+    no_worker_grace_s: float = Field(
+        default=120.0,
+        description="Queued jobs of an endpoint that no live worker has reported for this long fail with 503 "
+        "(as they do at once when every live worker reports it failed).",
+    )
     file_ttl_s: float | None = None
     webhook_max_attempts: int = Field(default=10, description="Delivery attempts before a webhook is given up.")
     webhook_backoff_base_s: float = Field(

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from pipelines.contract import EndpointSpec
+from server.config import Settings
 from server.errors import FalError, error_text
 from server.store import Job, JobStore, LogEntry
 from server.urls import request_urls
@@ -70,17 +71,64 @@ def parse_start_timeout(value: str | None) -> float | None:
     return seconds
 
 
-def ensure_available(spec: EndpointSpec, store: JobStore, enabled: bool = True) -> None:
-    """503 unless some worker can run this endpoint (or is still loading it)."""
+def unavailable_reason(
+    spec: EndpointSpec,
+    store: JobStore,
+    enabled: bool = True,
+    *,
+    silent_since: float | None = None,
+    grace_s: float = 0.0,
+) -> str | None:
+    """Why no worker can run this endpoint now, or None when one can (or is still loading it).
+
+    Unavailable: the pipeline is not built or is disabled, or every live worker reports it failed. With
+    ``silent_since`` (e.g. the API's start), also when no live worker has reported it for ``grace_s``
+    since then or since its last report.
+    """
     if spec.pipeline is None:
-        raise FalError(503, f"{spec.endpoint_id}: {spec.unavailable_reason}", "pipeline_unavailable")
+        return f"{spec.endpoint_id}: {spec.unavailable_reason}"
     if not enabled:
-        raise FalError(503, f"{spec.endpoint_id} is disabled in this server's configuration", "pipeline_unavailable")
+        return f"{spec.endpoint_id} is disabled in this server's configuration"
     now = time.time()
     states = [s for s in store.pipeline_states() if s.endpoint == spec.endpoint_id]
     live = [s for s in states if now - s.updated_at < READY_STALE_S]
     if live and all(s.state == "failed" for s in live):
-        raise FalError(503, f"{spec.endpoint_id} is unavailable: {live[0].reason}", "pipeline_unavailable")
+        return f"{spec.endpoint_id} is unavailable: {live[0].reason}"
+    if not live and silent_since is not None:
+        last = max([silent_since, *(s.updated_at for s in states)])
+        if now - last > grace_s:
+            return f"{spec.endpoint_id} is unavailable: no worker has served it for {now - last:.0f} s"
+    return None
+
+
+def ensure_available(spec: EndpointSpec, store: JobStore, enabled: bool = True) -> None:
+    """503 unless some worker can run this endpoint (or is still loading it)."""
+    reason = unavailable_reason(spec, store, enabled)
+    if reason is not None:
+        raise FalError(503, reason, "pipeline_unavailable")
+
+
+def fail_unservable(
+    store: JobStore, endpoints: dict[str, EndpointSpec], settings: Settings, api_started: float
+) -> dict[str, list[str]]:
+    """Complete the queued jobs of every endpoint no live worker can serve with the 503 a submit would get
+    now (a job accepted just before its pipeline failed to load must not wait forever)."""
+    failed: dict[str, list[str]] = {}
+    for endpoint in store.queue_depths():
+        spec = endpoints.get(endpoint)
+        if spec is None:
+            continue
+        reason = unavailable_reason(
+            spec,
+            store,
+            settings.pipeline(endpoint).enabled,
+            silent_since=api_started,
+            grace_s=settings.no_worker_grace_s,
+        )
+        if reason is not None:
+            error = {"status_code": 503, "detail": reason, "error_type": "pipeline_unavailable"}
+            failed[endpoint] = store.fail_queued(endpoint, error)
+    return failed
 
 
 def submit(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image as PILImage
@@ -15,10 +17,13 @@ from pipelines import registry
 from pipelines.common.image_io import ImageDecodeError, decode_image
 from server.app import create_app
 from server.config import Settings
-from server.jobs import status_body
+from server.jobs import fail_unservable, status_body
 from server.store import Job, JobStore, PipelineState, SQLiteJobStore
 from server.worker.runner import Loaded, Worker
+from tests.support.echo_pipeline import ENDPOINT as ECHO_ENDPOINT
 from tests.support.echo_pipeline import EchoPipeline
+from tests.support.live_server import LiveServer
+from tests.support.server_fixtures import wait_completed
 
 
 @pytest.fixture
@@ -188,3 +193,57 @@ def test_release_dead_worker_recovers_its_jobs_without_waiting_for_the_lease(tmp
     assert jobs[exhausted].status == "COMPLETED" and jobs[exhausted].error["error_type"] == "runner_disconnected"
     assert jobs[other].status == "IN_PROGRESS" and jobs[other].worker_id == "alive"
     assert [s for s in store.pipeline_states() if s.worker_id == "dead"] == []
+
+
+# -- 2. queued jobs of an endpoint no worker can serve ---------------------------------------------------
+
+
+def test_queued_jobs_fail_with_503_when_no_live_worker_can_serve_their_endpoint(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, no_worker_grace_s=60)
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    endpoints = {"test/echo": ECHO_ENDPOINT}
+    (loading_job,) = _queue(store, {"image_url": "x"})
+    store.set_pipeline_state(PipelineState("test/echo", "w1", "loading"))
+    assert fail_unservable(store, endpoints, settings, api_started=0.0) == {}  # still loading: it waits
+
+    store.set_pipeline_state(
+        PipelineState("test/echo", "w1", "failed", "weights missing: run `fal-onprem weights pull`")
+    )
+    assert fail_unservable(store, endpoints, settings, api_started=0.0) == {"test/echo": [loading_job]}
+    job = store.get(loading_job)
+    assert job is not None and job.status == "COMPLETED" and job.error is not None
+    assert job.error["status_code"] == 503 and "weights pull" in job.error["detail"]
+
+    # a worker that becomes ready serves new jobs normally
+    store.set_pipeline_state(PipelineState("test/echo", "w1", "ready"))
+    (later,) = _queue(store, {"image_url": "x"})
+    assert fail_unservable(store, endpoints, settings, api_started=0.0) == {}
+
+    # no worker reporting at all: only after the grace period (from the API's start or the last report)
+    store.clear_pipeline_states("w1")
+    assert fail_unservable(store, endpoints, settings, api_started=time.time()) == {}
+    assert fail_unservable(store, endpoints, settings, api_started=time.time() - 61) == {"test/echo": [later]}
+
+
+def test_a_job_submitted_before_its_pipeline_fails_to_load_completes_with_the_503(tmp_path: Path) -> None:
+    """Live: a dwpose job is already queued when a worker without weights starts; it must not hang."""
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    (job_id,) = (str(uuid.uuid4()),)
+    store.create(Job(id=job_id, endpoint="fal-ai/dwpose", input={"image_url": "data:image/png;base64,AA=="}))
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    server = LiveServer(
+        tmp_path,
+        tiny=False,
+        extra_args=["--weights-dir", str(weights)],
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+        wait_for=("fal-ai/dwpose",),
+    )
+    server.start()
+    try:
+        status = wait_completed(f"{server.url}/queue/fal-ai/dwpose/requests/{job_id}/status", timeout=60)
+        assert status["error_type"] == "pipeline_unavailable" and "weights pull" in status["error"]
+        r = httpx.get(f"{server.url}/queue/fal-ai/dwpose/requests/{job_id}")
+        assert r.status_code == 503 and "weights pull" in r.json()["detail"]
+    finally:
+        server.stop()

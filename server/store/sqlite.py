@@ -524,6 +524,20 @@ class SQLiteJobStore:
             _recover(db, rows, max_attempts, now, unstarted_free=False)
         return [r["id"] for r in rows]
 
+    def fail_queued(self, endpoint: str, error: dict[str, Any]) -> list[str]:
+        """See ``JobStore.fail_queued``."""
+        now = time.time()
+        with self._write() as db:
+            rows = db.execute("SELECT id FROM jobs WHERE endpoint = ? AND status = 'IN_QUEUE'", (endpoint,)).fetchall()
+            for r in rows:
+                db.execute(
+                    "UPDATE jobs SET status = 'COMPLETED', finished_at = ?, error = ? "
+                    "WHERE id = ? AND status = 'IN_QUEUE'",
+                    (now, json.dumps(error), r["id"]),
+                )
+                _enqueue_webhook(db, r["id"], now)
+        return [r["id"] for r in rows]
+
     def release_dead_worker(self, worker_id: str, max_attempts: int) -> list[str]:
         """See ``JobStore.release_dead_worker``: a dead worker's jobs are recovered now, not after the lease."""
         now = time.time()
