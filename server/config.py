@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     job_lease_s: float = 30.0
     max_attempts: int = 2
     max_batch_run_s: float = 3600.0
+    max_prepared_bytes: int = Field(
+        default=1024**3,
+        description="Bytes of prepared inputs (decoded, preprocessed images) a worker holds for its running and "
+        "prefetched batches together; a claimed job beyond it goes back to the queue unstarted.",
+    )
     no_worker_grace_s: float = Field(
         default=120.0,
         description="Queued jobs of an endpoint that no live worker has reported for this long fail with 503 "

@@ -19,11 +19,12 @@ from server.app import create_app
 from server.config import Settings
 from server.jobs import fail_unservable, status_body
 from server.store import Job, JobStore, PipelineState, SQLiteJobStore
+from server.worker.memory import held_bytes
 from server.worker.runner import Loaded, Worker
 from tests.support.echo_pipeline import ENDPOINT as ECHO_ENDPOINT
 from tests.support.echo_pipeline import EchoPipeline
 from tests.support.live_server import LiveServer
-from tests.support.server_fixtures import wait_completed
+from tests.support.server_fixtures import png_data_uri, wait_completed
 
 
 @pytest.fixture
@@ -247,3 +248,51 @@ def test_a_job_submitted_before_its_pipeline_fails_to_load_completes_with_the_50
         assert r.status_code == 503 and "weights pull" in r.json()["detail"]
     finally:
         server.stop()
+
+
+# -- 1. worker memory bounded in bytes ---------------------------------------------------------------------
+
+
+BIG = (4000, 3000)  # 36 MB decoded: large enough to see, small enough for a test
+
+
+def test_dwpose_prepare_keeps_only_its_working_image() -> None:
+    from pipelines.contract import WeightSource
+    from pipelines.dwpose.pipeline import DWPosePipeline
+    from pipelines.dwpose.schema import DWPoseInput
+
+    big = PILImage.new("RGB", BIG, (90, 120, 150))
+    prepared = DWPosePipeline.load(WeightSource.tiny(seed=0)).prepare(
+        DWPoseInput(image_url="https://x/big.png"), lambda url, loc: big
+    )
+    assert "image_url" not in prepared.images
+    assert held_bytes(prepared) < held_bytes(big) / 4  # the 512 px image and the 640x640 detector input
+
+
+def test_liveportrait_prepare_keeps_only_its_1280_copy() -> None:
+    from pipelines.contract import WeightSource
+    from pipelines.liveportrait.pipeline import LivePortraitPipeline
+    from pipelines.liveportrait.schema import LivePortraitImageInput
+
+    big = PILImage.new("RGB", BIG, (90, 120, 150))
+    inp = LivePortraitImageInput(image_url="https://x/big.png", enable_safety_checker=False, flag_do_crop=False)
+    prepared = LivePortraitPipeline.load(WeightSource.tiny(seed=0)).prepare(inp, lambda url, loc: big)
+    assert "image_url" not in prepared.images
+    assert held_bytes(prepared) < held_bytes(big) / 4
+
+
+def test_worker_bounds_prepared_inputs_in_bytes(tmp_path: Path) -> None:
+    one = 48 * 40 * 3  # png_data_uri's image, decoded
+    worker = _worker(tmp_path, max_prepared_bytes=2 * one + one // 2)
+    ids = _queue(worker.store, {"image_url": png_data_uri()}, n=8)
+    first = worker.claim_next()
+    assert first is not None and [j.id for j in first.jobs] == ids[:2]  # count allows 8, bytes allow 2
+    for job_id in ids[2:]:  # the rest went back to the queue, no attempt spent
+        job = worker.store.get(job_id)
+        assert job is not None and (job.status, job.attempts, job.worker_id) == ("IN_QUEUE", 0, None)
+    prefetched = worker.claim_next()  # while the first batch is held: room for one job only (never none)
+    assert prefetched is not None and len(prefetched.jobs) == 1
+    worker.run_batch(first)
+    worker.run_batch(prefetched)
+    after = worker.claim_next()  # both batches released their bytes
+    assert after is not None and len(after.jobs) == 2

@@ -28,6 +28,7 @@ from server.store.base import CANCELLED_ERROR
 from server.worker.context import BatchContext
 from server.worker.identity import worker_id as default_worker_id
 from server.worker.inputs import make_image_loader
+from server.worker.memory import fitting_prefix, held_bytes
 
 log = logging.getLogger("fal_onprem.worker")
 
@@ -84,6 +85,7 @@ class Worker:
         self.stop_event = threading.Event()
         self._active: list[str] = []  # ids of claimed, unfinished jobs (for heartbeats)
         self._active_lock = threading.Lock()
+        self._held_bytes: dict[str, int] = {}  # claimed job id -> bytes its prepared inputs hold
         self._prepare_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="prepare")
         self._prefetch_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
         self.batches_run = 0
@@ -171,8 +173,26 @@ class Worker:
                 with self._active_lock:
                     self._active.extend(j.id for j in jobs)
                 prepared = list(self._prepare_pool.map(lambda j, p=pipe: self._prepare(p, j), jobs))
+                jobs, prepared = self._within_byte_budget(jobs, prepared)
                 return ClaimedBatch(loaded, jobs, prepared)
         return None
+
+    def _within_byte_budget(
+        self, jobs: list[Job], prepared: list[Prepared | dict[str, Any]]
+    ) -> tuple[list[Job], list[Prepared | dict[str, Any]]]:
+        """Keep the jobs whose prepared inputs fit in what ``max_prepared_bytes`` leaves (the running batch
+        counts too; at least one job); the others go back to the queue unstarted, no attempt spent."""
+        sizes = [held_bytes(p) if isinstance(p, Prepared) else 0 for p in prepared]
+        with self._active_lock:
+            keep = fitting_prefix(sizes, self.settings.max_prepared_bytes - sum(self._held_bytes.values()))
+            self._held_bytes.update((j.id, size) for j, size in zip(jobs[:keep], sizes, strict=False))
+        if keep < len(jobs):
+            back = [j.id for j in jobs[keep:]]
+            self.store.release(back, self.worker_id)
+            with self._active_lock:
+                self._active = [i for i in self._active if i not in set(back)]
+            log.info("prepared inputs over max_prepared_bytes: %d job(s) back to the queue", len(back))
+        return jobs[:keep], prepared[:keep]
 
     def _prefetch(self) -> ClaimedBatch | None:
         if self.stop_event.wait(PREFETCH_DELAY_S):
@@ -239,6 +259,8 @@ class Worker:
         with self._active_lock:
             done = {j.id for j in batch.jobs}
             self._active = [i for i in self._active if i not in done]
+            for job_id in done:
+                self._held_bytes.pop(job_id, None)
 
     def _run_items(self, pipe: Pipeline, jobs: list[Job], prepared: list[Prepared]) -> dict[str, Any]:
         """Run one batch; on an unexpected exception, run its items one by one to isolate the culprit."""
