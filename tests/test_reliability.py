@@ -296,3 +296,27 @@ def test_worker_bounds_prepared_inputs_in_bytes(tmp_path: Path) -> None:
     worker.run_batch(prefetched)
     after = worker.claim_next()  # both batches released their bytes
     assert after is not None and len(after.jobs) == 2
+
+
+# -- 8. operational routes with keys configured ----------------------------------------------------------
+
+
+def test_with_keys_ops_details_need_a_key_and_liveness_stays_open(tmp_path: Path) -> None:
+    client = TestClient(create_app(Settings(data_dir=tmp_path, api_keys="ops-key")))
+    store = client.app.state.store  # type: ignore[attr-defined]
+    store.set_pipeline_state(PipelineState("fal-ai/dwpose", "gpu-host-7:4242:cuda:0", "failed", "secret reason"))
+    assert client.get("/healthz").status_code == 200
+    anonymous = client.get("/readyz")
+    assert anonymous.json() == {"ready": False}  # the status a load balancer needs, no host, pid or reason
+    assert "gpu-host-7" not in anonymous.text and "secret reason" not in anonymous.text
+    assert client.get("/metrics").status_code == 401
+    key = {"Authorization": "Key ops-key"}
+    detailed = client.get("/readyz", headers=key).json()
+    assert detailed["pipelines"]["fal-ai/dwpose"]["workers"][0]["worker"] == "gpu-host-7:4242:cuda:0"
+    metrics = client.get("/metrics", headers={"Authorization": "Bearer ops-key"})
+    assert metrics.status_code == 200 and "fal_onprem_queue_depth" in metrics.text
+
+
+def test_without_keys_ops_routes_stay_open(client: TestClient) -> None:
+    assert "pipelines" in client.get("/readyz").json()
+    assert client.get("/metrics").status_code == 200
