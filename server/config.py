@@ -65,6 +65,11 @@ class Settings(BaseSettings):
         "(as they do at once when every live worker reports it failed).",
     )
     file_ttl_s: float | None = None
+    job_ttl_s: float | None = Field(
+        default=7 * 24 * 3600.0,
+        description="Finished jobs (result, logs, webhook record) are deleted this long after they finished; "
+        "metrics keep counting them. Unset (none) keeps them forever. Stored files follow file_ttl_s.",
+    )
     webhook_max_attempts: int = Field(default=10, description="Delivery attempts before a webhook is given up.")
     webhook_backoff_base_s: float = Field(
         default=15.0, description="Wait after the first failed attempt; doubles each time (10 attempts ~ 2 h)."

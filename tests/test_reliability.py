@@ -18,7 +18,8 @@ from pipelines.common.image_io import ImageDecodeError, decode_image
 from server.app import create_app
 from server.config import Settings
 from server.jobs import fail_unservable, status_body
-from server.store import Job, JobStore, PipelineState, SQLiteJobStore
+from server.store import Job, JobStore, LogEntry, PipelineState, SQLiteJobStore
+from server.store.base import HISTOGRAM_BUCKETS
 from server.worker.memory import held_bytes
 from server.worker.runner import Loaded, Worker
 from tests.support.echo_pipeline import ENDPOINT as ECHO_ENDPOINT
@@ -320,3 +321,45 @@ def test_with_keys_ops_details_need_a_key_and_liveness_stays_open(tmp_path: Path
 def test_without_keys_ops_routes_stay_open(client: TestClient) -> None:
     assert "pipelines" in client.get("/readyz").json()
     assert client.get("/metrics").status_code == 200
+
+
+# -- 10. retention, and metrics from counters --------------------------------------------------------------
+
+
+def test_old_finished_jobs_are_purged_and_metrics_keep_counting_them(tmp_path: Path) -> None:
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    ok, failed, hooked, running = (str(uuid.uuid4()) for _ in range(4))
+    for job_id in (ok, failed, running):
+        store.create(Job(id=job_id, endpoint="test/echo", input={}))
+    store.create(Job(id=hooked, endpoint="test/echo", input={}, webhook_url="https://hook.example/x"))
+    store.claim_batch("test/echo", "w", lambda inp: (), 4, lease_s=60)
+    store.append_log(ok, LogEntry("hello"))
+    store.complete(ok, result={"x": 1}, metrics={"queue_time": 0.2, "inference_time": 1.5, "batch_size": 3})
+    store.complete(failed, error={"status_code": 422, "detail": "no", "error_type": "image_load_error"})
+    store.complete(hooked, result={"x": 2})
+    before_stats = sorted(tuple(r) for r in store.completed_stats())
+    before_hist = store.metric_histogram("inference_time", HISTOGRAM_BUCKETS["inference_time"])
+    assert before_stats == [("test/echo", "", 2), ("test/echo", "image_load_error", 1)]
+    assert before_hist[0][1][HISTOGRAM_BUCKETS["inference_time"].index(2.5)] == 1 and before_hist[0][3] == 1
+
+    assert store.purge_finished(time.time() - 3600) == 0  # younger than the TTL: kept
+    assert store.purge_finished(time.time() + 1) == 2  # the webhook owed for `hooked` keeps it
+    assert store.get(ok) is None and store.get(failed) is None and store.logs(ok) == []
+    assert store.get(hooked) is not None and store.get(running) is not None  # unfinished: never purged
+    store.record_webhook_attempt(hooked, "nobody", "delivered")  # not the lease holder: still pending
+    assert store.get(hooked) is not None
+    assert sorted(tuple(r) for r in store.completed_stats()) == before_stats  # counters, not a scan
+    assert store.metric_histogram("inference_time", HISTOGRAM_BUCKETS["inference_time"]) == before_hist
+
+
+def test_a_store_made_before_counters_is_counted_once(tmp_path: Path) -> None:
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    store.create(Job(id="a", endpoint="test/echo", input={}))
+    store.claim_batch("test/echo", "w", lambda inp: (), 1, lease_s=60)
+    store.complete("a", result={}, metrics={"batch_size": 1})
+    db = store._db()
+    db.execute("DELETE FROM store_meta")  # as a store from before the counters
+    db.execute("UPDATE completed_counts SET n = 99")
+    reopened = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    assert [tuple(r) for r in reopened.completed_stats()] == [("test/echo", "", 1)]
+    assert reopened.metric_histogram("batch_size", HISTOGRAM_BUCKETS["batch_size"])[0][3] == 1
