@@ -363,3 +363,24 @@ def test_a_store_made_before_counters_is_counted_once(tmp_path: Path) -> None:
     reopened = SQLiteJobStore(tmp_path / "jobs.sqlite")
     assert [tuple(r) for r in reopened.completed_stats()] == [("test/echo", "", 1)]
     assert reopened.metric_histogram("batch_size", HISTOGRAM_BUCKETS["batch_size"])[0][3] == 1
+
+
+# -- lower priority: a missing file under our own /files/ URL ----------------------------------------------
+
+
+def test_a_missing_file_of_ours_is_named_as_such_not_as_a_refused_loopback(tmp_path: Path) -> None:
+    from pipelines.contract import ItemError
+    from server.files import FileStore
+    from server.worker.inputs import make_image_loader
+
+    settings = Settings(data_dir=tmp_path, public_url="https://fal.example.com")
+    load = make_image_loader(settings, FileStore(settings.files_dir))
+    for url in (
+        "http://127.0.0.1:8000/files/abcdefghijklmnopqrstuv/a.png",
+        "https://fal.example.com/files/abcdefghijklmnopqrstuv/a.png",
+    ):
+        with pytest.raises(ItemError) as err:
+            load(url, ["image_url"])
+        assert (
+            "no such file on this server" in err.value.detail[0]["msg"] and "loopback" not in err.value.detail[0]["msg"]
+        )
