@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image as PILImage
@@ -384,3 +385,13 @@ def test_a_missing_file_of_ours_is_named_as_such_not_as_a_refused_loopback(tmp_p
         assert (
             "no such file on this server" in err.value.detail[0]["msg"] and "loopback" not in err.value.detail[0]["msg"]
         )
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
+def test_rgb_array_in_strips_equals_numpy_conversion(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    from pipelines.common import image_io
+
+    monkeypatch.setattr(image_io, "ARRAY_STRIP_BYTES", 1000)  # many strips, a short last one
+    rng = np.random.default_rng(0)
+    image = PILImage.fromarray(rng.integers(0, 255, (37, 51, 3), dtype=np.uint8)).convert(mode)
+    np.testing.assert_array_equal(image_io.rgb_array(image), np.asarray(image.convert("RGB")))

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from PIL import Image as PILImage
 from pydantic import BaseModel
 
 import weights
+from pipelines.common.image_io import rgb_array
 from pipelines.common.per_item import finish_all
 from pipelines.contract import Dtype, ImageLoader, ItemError, Pipeline, Prepared, RunContext, WeightSource
 
@@ -35,11 +35,6 @@ from .schema import DWPoseInput, DWPoseOutput
 from .tiny_models import tiny_detector, tiny_pose
 
 MAX_OUTPUT_PIXELS = 16_000_000  # 512 x 31250: aspect ratios up to about 1:61
-
-
-def _rgb_array(image: PILImage.Image) -> np.ndarray:
-    """HxWx3 uint8 RGB, without the extra full-size copy ``convert`` makes of an image already in RGB."""
-    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
 
 
 class DWPosePipeline(Pipeline):
@@ -88,7 +83,7 @@ class DWPosePipeline(Pipeline):
                 f"{MAX_OUTPUT_PIXELS} pixels; use a less elongated image",
             )
         # the decoded original (up to 40 MP) is dropped: run only needs the 512 px working image
-        prepared.extra.update(self.preprocess(_rgb_array(prepared.images.pop("image_url"))))
+        prepared.extra.update(self.preprocess(rgb_array(prepared.images.pop("image_url"))))
         return prepared
 
     @staticmethod
@@ -102,7 +97,7 @@ class DWPosePipeline(Pipeline):
     def run(self, batch: list[Prepared], ctx: RunContext) -> list[BaseModel | ItemError]:
         for item in batch:
             if "padded" not in item.extra:  # prepare() skipped by the caller
-                item.extra.update(self.preprocess(_rgb_array(item.images["image_url"])))
+                item.extra.update(self.preprocess(rgb_array(item.images["image_url"])))
         openpose = self.estimate([p.extra for p in batch], ctx)
         # drawing + PNG encoding per item, concurrently (cv2 / zlib release the GIL); one failure fails one item
         outputs: list[BaseModel | ItemError] = finish_all(

@@ -7,7 +7,11 @@ shared objects are counted once.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import dataclasses
+import sys
+from functools import cache
 from typing import Any
 
 from PIL import Image
@@ -44,3 +48,21 @@ def fitting_prefix(sizes: list[int], room: int) -> int:
         total += size
         count += 1
     return count
+
+
+@cache
+def _libc() -> Any:
+    name = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
+    return ctypes.CDLL(name) if name else None
+
+
+def release_freed_memory() -> None:
+    """Give memory freed by the C allocator back to the OS (glibc ``malloc_trim``).
+
+    Decoding a large image frees hundreds of MB in small blocks (PIL's ``tobytes`` chunks) inside the
+    prepare thread's malloc arena; glibc keeps them, so without this a worker's RSS grows by that much per
+    prepare thread and never shrinks. A no-op where there is no glibc.
+    """
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
