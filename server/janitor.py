@@ -38,7 +38,7 @@ async def _loop(app: FastAPI) -> None:
             for endpoint, ids in failed.items():
                 if ids:
                     log.warning("%s: no worker can serve it: %d queued request(s) failed with 503", endpoint, len(ids))
-            if settings.job_ttl_s is not None and rounds % FILE_SWEEP_EVERY == 0:
+            if settings.job_ttl_s > 0 and rounds % FILE_SWEEP_EVERY == 0:
                 purged = await to_thread.run_sync(purge_old_jobs, store, settings.job_ttl_s)
                 if purged:
                     log.info("deleted %d finished jobs older than %.0f s", purged, settings.job_ttl_s)
