@@ -16,6 +16,9 @@ from typing import Any
 
 from PIL import Image
 
+# malloc_trim walks every arena (ms to a second on a big, fragmented heap): only after large decodes
+TRIM_AFTER_DECODED_BYTES = 64 * 1024 * 1024
+
 
 def held_bytes(value: Any, _seen: set[int] | None = None) -> int:
     """Bytes of the pixel / array buffers reachable from ``value`` (dicts, lists, tuples, dataclasses)."""

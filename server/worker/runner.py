@@ -28,7 +28,7 @@ from server.store.base import CANCELLED_ERROR
 from server.worker.context import BatchContext
 from server.worker.identity import worker_id as default_worker_id
 from server.worker.inputs import make_image_loader
-from server.worker.memory import fitting_prefix, held_bytes, release_freed_memory
+from server.worker.memory import TRIM_AFTER_DECODED_BYTES, fitting_prefix, held_bytes, release_freed_memory
 
 log = logging.getLogger("fal_onprem.worker")
 
@@ -202,8 +202,17 @@ class Worker:
     def _prepare(self, pipe: Pipeline, job: Job) -> Prepared | dict[str, Any]:
         try:
             inp = pipe.Input.model_validate(job.input)
-            prepared = pipe.prepare(inp, self.load_image)
-            release_freed_memory()  # the decoded original is gone: return its memory, not keep it per thread
+            decoded = 0
+
+            def load(url: str, loc: list[str | int]) -> Any:
+                nonlocal decoded
+                image = self.load_image(url, loc)
+                decoded += held_bytes(image)
+                return image
+
+            prepared = pipe.prepare(inp, load)
+            if decoded >= TRIM_AFTER_DECODED_BYTES:  # large originals are gone: give their memory back
+                release_freed_memory()
             return prepared
         except ValidationError as exc:
             detail = [{**d, "loc": ["body", *d["loc"]]} for d in validation_detail(list(exc.errors()))]
