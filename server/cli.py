@@ -17,15 +17,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from server.config import Settings
 
 log = logging.getLogger("fal_onprem")
 
-WORKER_RESTART_DELAY_S = 2.0
+WORKER_RESTART_DELAY_S = 2.0  # before restarting a worker that died within WORKER_MIN_UPTIME_S of its start
+WORKER_MIN_UPTIME_S = 30.0
+WATCH_INTERVAL_S = 0.5
 
 
 def _common_flags(p: argparse.ArgumentParser) -> None:
@@ -115,18 +117,24 @@ class WorkerSupervisor:
     """Keeps one worker child process per device slot alive (a crashed worker is restarted).
 
     Slots, not device names, identify workers: ``--device cuda:0 --device cuda:0`` runs two workers
-    on one GPU (e.g. to overlap CPU-bound preprocessing), and each is restarted on its own.
+    on one GPU (e.g. to overlap CPU-bound preprocessing), and each is restarted on its own. When a
+    worker dies, its jobs are handed back at once (``release_dead_worker``) rather than after their
+    lease, so re-runs start within seconds; once ``stopping`` is set (shutdown) nothing is restarted.
     """
 
-    def __init__(self, devices: list[str]) -> None:
+    def __init__(self, devices: list[str], store_url: str | None = None, max_attempts: int = 2) -> None:
         self.devices = devices
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.started: dict[int, float] = {}
         self.stopping = threading.Event()
+        self.store_url = store_url
+        self.max_attempts = max_attempts
 
     def _spawn(self, slot: int) -> None:
         device = self.devices[slot]
         cmd = [sys.executable, "-m", "server.cli", "worker", "--device", device, "--parent-pid", str(os.getpid())]
         self.procs[slot] = subprocess.Popen(cmd, preexec_fn=_die_with_parent)
+        self.started[slot] = time.monotonic()
         log.info("started worker pid=%d device=%s", self.procs[slot].pid, device)
 
     def start(self) -> None:
@@ -135,12 +143,36 @@ class WorkerSupervisor:
         threading.Thread(target=self._watch, daemon=True, name="supervisor").start()
 
     def _watch(self) -> None:
-        while not self.stopping.wait(1.0):
+        while not self.stopping.wait(WATCH_INTERVAL_S):
             for slot, proc in list(self.procs.items()):
-                if proc.poll() is not None and not self.stopping.is_set():
-                    log.warning("worker on %s exited with %s; restarting", self.devices[slot], proc.returncode)
-                    time.sleep(WORKER_RESTART_DELAY_S)
+                if proc.poll() is None or self.stopping.is_set():
+                    continue
+                self._release(self.devices[slot], proc.pid)
+                log.warning("worker on %s exited with %s; restarting", self.devices[slot], proc.returncode)
+                crash_loop = time.monotonic() - self.started[slot] < WORKER_MIN_UPTIME_S
+                if crash_loop and self.stopping.wait(WORKER_RESTART_DELAY_S):  # back off, unless shutting down
+                    return
+                if not self.stopping.is_set():
                     self._spawn(slot)
+
+    def _release(self, device: str, pid: int) -> None:
+        """Hand the dead worker's jobs back now (a SIGKILL gives it no chance to do it itself)."""
+        if self.store_url is None:
+            return
+        from server.store import open_store
+        from server.worker.identity import worker_id
+
+        try:
+            store = open_store(self.store_url)
+            try:
+                released = store.release_dead_worker(worker_id(device, pid), self.max_attempts)
+            finally:
+                store.close()
+        except Exception:  # the lease still runs out: never let this stop the supervisor
+            log.exception("could not release the jobs of worker pid=%d", pid)
+            return
+        if released:
+            log.warning("worker pid=%d died holding %d job(s): recovered now", pid, len(released))
 
     def stop(self) -> None:
         self.stopping.set()
@@ -174,6 +206,18 @@ def pull_in_child(settings: Settings) -> int:
     return status
 
 
+def _shutdown_aware_server(config: Any, on_exit_signal: Callable[[], None]) -> Any:
+    """A uvicorn server that calls ``on_exit_signal`` as soon as SIGTERM/SIGINT arrives."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            on_exit_signal()
+            super().handle_exit(sig, frame)
+
+    return Server(config)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     _apply_env(args)
     from server.config import Settings
@@ -195,21 +239,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from server.app import create_app
 
     devices = [] if args.no_worker else (args.device or visible_devices() or ["cpu"])
-    supervisor = WorkerSupervisor(devices)
+    supervisor = WorkerSupervisor(devices, settings.resolved_store_url, settings.max_attempts)
     supervisor.start()
     log.info("API on %s:%d, workers on %s", settings.host, settings.port, ", ".join(devices) or "none")
     _exit_on_sigterm()
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        log_config=None,  # keep our handlers (text or JSON) for uvicorn too
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
+        timeout_graceful_shutdown=5,
+    )
+
+    def on_exit_signal() -> None:
+        # before anything else: a worker that got the same signal (process group) must not be restarted,
+        # and waiting runs answer a JSON 503 instead of being cut off by the graceful-shutdown timeout
+        supervisor.stopping.set()
+        app.state.job_events.begin_shutdown()
+
     try:
-        uvicorn.run(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level.lower(),
-            log_config=None,  # keep our handlers (text or JSON) for uvicorn too
-            ssl_certfile=args.ssl_certfile,
-            ssl_keyfile=args.ssl_keyfile,
-            timeout_graceful_shutdown=5,
-        )
+        _shutdown_aware_server(config, on_exit_signal).run()
     finally:
         supervisor.stop()
     return 0

@@ -52,7 +52,11 @@ class Settings(BaseSettings):
     weights_dir: Path = Path("weights")
     weights_source: Literal["real", "tiny", "random_full"] = "real"
     seed: int = 0
-    api_keys: str = Field(default="", description="Comma-separated API keys; empty disables auth.")
+    api_keys: str = Field(
+        default="",
+        description="Comma-separated API keys; empty disables auth. With keys, /metrics and the details of "
+        "/readyz need a key too (/healthz and /readyz's status stay open for load balancers).",
+    )
     insecure_no_auth: bool = False
     pipelines: dict[str, PipelineSettings] = Field(default_factory=dict)
     url_allow_list: str = Field(default="", description="Comma-separated hosts/CIDRs exempt from SSRF rules.")
@@ -78,7 +82,22 @@ class Settings(BaseSettings):
         description="Device memory a worker may use for pipelines and rows (e.g. 20GiB); default: the device's "
         "free memory minus a margin on CUDA, unlimited on CPU.",
     )
+    max_prepared_bytes: int = Field(
+        default=1024**3,
+        description="Bytes of prepared inputs (decoded, preprocessed images) a worker holds for its running and "
+        "prefetched batches together; a claimed job beyond it goes back to the queue unstarted.",
+    )
+    no_worker_grace_s: float = Field(
+        default=120.0,
+        description="Queued jobs of an endpoint that no live worker has reported for this long fail with 503 "
+        "(as they do at once when every live worker reports it failed).",
+    )
     file_ttl_s: float | None = None
+    job_ttl_s: float = Field(
+        default=7 * 24 * 3600.0,
+        description="Finished jobs (result, logs, webhook record) are deleted this long after they finished; "
+        "metrics keep counting them. 0 keeps them forever. Stored files follow file_ttl_s.",
+    )
     webhook_max_attempts: int = Field(default=10, description="Delivery attempts before a webhook is given up.")
     webhook_backoff_base_s: float = Field(
         default=15.0, description="Wait after the first failed attempt; doubles each time (10 attempts ~ 2 h)."

@@ -5,6 +5,7 @@ Validation errors keep fal's list shape ``{"detail": [{"loc", "msg", "type"}]}``
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import Request
@@ -74,8 +75,34 @@ def job_error_response(error: dict[str, Any], request_id: str) -> JSONResponse:
     )
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats (which strict JSON cannot carry) spelled as strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def error_text(error: dict[str, Any]) -> str:
+    """One line that says why a job failed: the detail text, or each validation item as ``field: msg``."""
+    detail = error.get("detail")
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, list) and detail:
+        parts = []
+        for item in detail:
+            loc = [str(p) for p in item.get("loc", []) if p != "body"] if isinstance(item, dict) else []
+            msg = item.get("msg", "") if isinstance(item, dict) else str(item)
+            parts.append(f"{'.'.join(loc)}: {msg}" if loc else str(msg))
+        return "; ".join(parts)
+    return f"Request failed with status code {error.get('status_code', 500)}"
+
+
 def validation_detail(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """pydantic errors -> fal's detail list (JSON-safe: ctx values become strings)."""
+    """pydantic errors -> fal's detail list (JSON-safe: ctx values become strings, NaN / Infinity too)."""
     out = []
     for err in errors:
         item: dict[str, Any] = {
@@ -84,9 +111,11 @@ def validation_detail(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "type": err.get("type"),
         }
         if "input" in err:
-            item["input"] = err["input"]
+            item["input"] = json_safe(err["input"])
         if err.get("ctx"):
-            item["ctx"] = {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in err["ctx"].items()}
+            item["ctx"] = {
+                k: json_safe(v) if isinstance(v, int | float | str | bool) else str(v) for k, v in err["ctx"].items()
+            }
         out.append(item)
     return out
 
@@ -108,3 +137,8 @@ async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
         exc.status_code, "http_error"
     )
     return error_response(exc.status_code, str(exc.detail), error_type, dict(exc.headers or {}))
+
+
+async def on_unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+    """A bug still answers fal-style JSON (never Starlette's plain-text 500); the traceback goes to the log."""
+    return error_response(500, f"Internal server error ({type(exc).__name__})", "internal_server_error")

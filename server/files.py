@@ -22,6 +22,15 @@ _KEY = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 FILES_PREFIX = "/files/"
 
 
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # RFC 9110 token
+_MIME = re.compile(rf'{_TOKEN}/{_TOKEN}(\s*;\s*{_TOKEN}=({_TOKEN}|"[^"\\\x00-\x1f\x7f]*"))*')
+
+
+def is_mime_type(value: str) -> bool:
+    """``type/subtype`` with optional ``; name=value`` parameters (so never a CR/LF a header cannot carry)."""
+    return len(value) <= 255 and _MIME.fullmatch(value) is not None
+
+
 @dataclass(frozen=True)
 class StoredFile:
     """A stored file: on the local disk (``path``) or in an object store (``reader`` opens its body)."""
@@ -58,6 +67,8 @@ def safe_file_name(name: str | None, default: str = "file.bin") -> str:
 
 
 def guess_content_type(name: str, given: str | None) -> str:
+    if given is not None and not is_mime_type(given):
+        given = None  # callers validate; never store what a response header cannot carry
     return given or mimetypes.guess_type(name)[0] or "application/octet-stream"
 
 
@@ -123,7 +134,9 @@ class FileStore:
         if not path.is_file():
             return None
         ctype_file = self.root / key / ".content-type"
-        ctype = ctype_file.read_text() if ctype_file.exists() else "application/octet-stream"
+        ctype = ctype_file.read_text() if ctype_file.exists() else ""
+        if not is_mime_type(ctype):  # also a value stored before content types were checked
+            ctype = "application/octet-stream"
         return StoredFile(key, name, path, ctype, path.stat().st_size)
 
     def resolve_url(self, url: str) -> StoredFile | None:

@@ -15,11 +15,13 @@ from pydantic import BaseModel
 
 from pipelines.common.schema_types import IMAGE_SIZE_PRESETS, ImageSize, resolve_image_size
 from pipelines.contract import EndpointSpec
-from server.errors import FalError
+from server.config import Settings
+from server.errors import FalError, error_text
 from server.store import Job, JobStore, LogEntry
 from server.urls import request_urls
 
 READY_STALE_S = 30.0  # workers re-report every second; older reports belong to dead workers
+MAX_START_TIMEOUT_S = 7 * 24 * 3600.0  # a longer start deadline is a mistake, not a wish
 
 
 def iso(ts: float) -> str:
@@ -48,20 +50,20 @@ def parse_priority(value: str | None) -> str:
 
 
 def parse_start_timeout(value: str | None) -> float | None:
-    """``X-Fal-Request-Timeout``: seconds (float or int) the request may wait to start; must be > 1."""
+    """``X-Fal-Request-Timeout``: seconds (float or int) the request may wait to start; > 1 and at most a week."""
     if value is None or value == "":
         return None
     try:
         seconds = float(value)
     except ValueError:
         seconds = -1.0
-    if seconds <= 1:
+    if not 1 < seconds <= MAX_START_TIMEOUT_S:  # also false for nan; inf is over the cap
         raise FalError(
             422,
             [
                 {
                     "loc": ["header", "x-fal-request-timeout"],
-                    "msg": "must be a number > 1",
+                    "msg": f"must be a number > 1 and <= {MAX_START_TIMEOUT_S:.0f}",
                     "type": "value_error",
                 }
             ],
@@ -70,17 +72,64 @@ def parse_start_timeout(value: str | None) -> float | None:
     return seconds
 
 
-def ensure_available(spec: EndpointSpec, store: JobStore, enabled: bool = True) -> None:
-    """503 unless some worker can run this endpoint (or is still loading it)."""
+def unavailable_reason(
+    spec: EndpointSpec,
+    store: JobStore,
+    enabled: bool = True,
+    *,
+    silent_since: float | None = None,
+    grace_s: float = 0.0,
+) -> str | None:
+    """Why no worker can run this endpoint now, or None when one can (or is still loading it).
+
+    Unavailable: the pipeline is not built or is disabled, or every live worker reports it failed. With
+    ``silent_since`` (e.g. the API's start), also when no live worker has reported it for ``grace_s``
+    since then or since its last report.
+    """
     if spec.pipeline is None:
-        raise FalError(503, f"{spec.endpoint_id}: {spec.unavailable_reason}", "pipeline_unavailable")
+        return f"{spec.endpoint_id}: {spec.unavailable_reason}"
     if not enabled:
-        raise FalError(503, f"{spec.endpoint_id} is disabled in this server's configuration", "pipeline_unavailable")
+        return f"{spec.endpoint_id} is disabled in this server's configuration"
     now = time.time()
     states = [s for s in store.pipeline_states() if s.endpoint == spec.endpoint_id]
     live = [s for s in states if now - s.updated_at < READY_STALE_S]
     if live and all(s.state == "failed" for s in live):
-        raise FalError(503, f"{spec.endpoint_id} is unavailable: {live[0].reason}", "pipeline_unavailable")
+        return f"{spec.endpoint_id} is unavailable: {live[0].reason}"
+    if not live and silent_since is not None:
+        last = max([silent_since, *(s.updated_at for s in states)])
+        if now - last > grace_s:
+            return f"{spec.endpoint_id} is unavailable: no worker has served it for {now - last:.0f} s"
+    return None
+
+
+def ensure_available(spec: EndpointSpec, store: JobStore, enabled: bool = True) -> None:
+    """503 unless some worker can run this endpoint (or is still loading it)."""
+    reason = unavailable_reason(spec, store, enabled)
+    if reason is not None:
+        raise FalError(503, reason, "pipeline_unavailable")
+
+
+def fail_unservable(
+    store: JobStore, endpoints: dict[str, EndpointSpec], settings: Settings, api_started: float
+) -> dict[str, list[str]]:
+    """Complete the queued jobs of every endpoint no live worker can serve with the 503 a submit would get
+    now (a job accepted just before its pipeline failed to load must not wait forever)."""
+    failed: dict[str, list[str]] = {}
+    for endpoint in store.queue_depths():
+        spec = endpoints.get(endpoint)
+        if spec is None:
+            continue
+        reason = unavailable_reason(
+            spec,
+            store,
+            settings.pipeline(endpoint).enabled,
+            silent_since=api_started,
+            grace_s=settings.no_worker_grace_s,
+        )
+        if reason is not None:
+            error = {"status_code": 503, "detail": reason, "error_type": "pipeline_unavailable"}
+            failed[endpoint] = store.fail_queued(endpoint, error)
+    return failed
 
 
 def check_caps(body: BaseModel, caps: tuple[int, int]) -> None:
@@ -159,9 +208,7 @@ def status_body(store: JobStore, job: Job, base: str, logs: list[LogEntry] | Non
     body["logs"] = None if logs is None else [log_dict(e) for e in logs]
     body["metrics"] = job.metrics if job.status == "COMPLETED" else {}
     if job.status == "COMPLETED" and job.error:
-        detail = job.error.get("detail")
-        code = job.error.get("status_code", 500)
-        body["error"] = detail if isinstance(detail, str) else f"Invalid status code: {code}"
+        body["error"] = error_text(job.error)  # the real reason, also for a validation list
         body["error_type"] = job.error.get("error_type")
     return body
 

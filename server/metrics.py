@@ -1,4 +1,4 @@
-"""Prometheus metrics, computed from the job store at scrape time.
+"""Prometheus metrics, read from the job store's counters at scrape time.
 
 The store is shared by the API and every worker process, so reading it gives one consistent view
 without a metrics gateway.
@@ -13,19 +13,23 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from server.store import JobStore
+from server.store.base import BATCH_BUCKETS, HISTOGRAM_BUCKETS
 
-SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 ROWS_BUCKETS = BATCH_BUCKETS
 HISTOGRAMS = (
-    ("queue_time", "fal_onprem_queue_wait_seconds", "Time from submit to start", SECONDS_BUCKETS),
-    ("inference_time", "fal_onprem_run_seconds", "Run time of the batch a request ran in", SECONDS_BUCKETS),
-    ("batch_size", "fal_onprem_batch_size", "Size of the batch a request ran in", BATCH_BUCKETS),
+    ("queue_time", "fal_onprem_queue_wait_seconds", "Time from submit to start", HISTOGRAM_BUCKETS["queue_time"]),
+    (
+        "inference_time",
+        "fal_onprem_run_seconds",
+        "Run time of the batch a request ran in",
+        HISTOGRAM_BUCKETS["inference_time"],
+    ),
+    ("batch_size", "fal_onprem_batch_size", "Size of the batch a request ran in", HISTOGRAM_BUCKETS["batch_size"]),
     (
         "admission_wait",
         "fal_onprem_admission_wait_seconds",
         "Time from submit to a request's first denoising step (stepwise pipelines)",
-        SECONDS_BUCKETS,
+        HISTOGRAM_BUCKETS["admission_wait"],
     ),
 )
 # Numbers the workers report themselves (server/worker/stats.py): name -> (metric, kind, help).

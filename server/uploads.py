@@ -30,7 +30,7 @@ from typing import BinaryIO, Literal
 from anyio import to_thread
 
 from server.errors import FalError
-from server.files import FILES_PREFIX, Files, StoredFile, safe_file_name
+from server.files import FILES_PREFIX, Files, StoredFile, is_mime_type, safe_file_name
 
 SECRET_FILE_NAME = "upload_signing.key"
 MAX_PART_NUMBER = 10_000
@@ -43,6 +43,17 @@ Kind = Literal["single", "multipart"]
 
 def too_large(limit: int) -> FalError:
     return FalError(413, f"Upload exceeds the maximum size of {limit} bytes", "request_too_large")
+
+
+def checked_content_type(value: str | None, loc: list[str]) -> str | None:
+    """An upload's declared content type: None (guessed later) or a valid MIME type, else a 422 at ``loc``."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    if not is_mime_type(value):
+        msg = "must be a MIME type such as image/png"
+        raise FalError(422, [{"loc": loc, "msg": msg, "type": "value_error"}], "validation_error")
+    return value
 
 
 def forbidden(detail: str) -> FalError:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+import threading
 from collections.abc import Iterator
 
 from fastapi import Request
@@ -19,6 +21,14 @@ from server.store import Job, JobStore
 from server.store.notify import DONE, JOBS, MISSED, WEBHOOK, Subscription
 
 ONLY_DONE = frozenset({DONE})
+
+
+class Interrupted(enum.Enum):
+    CLIENT_GONE = "client gone"
+    SHUTTING_DOWN = "shutting down"
+
+
+CLIENT_GONE, SHUTTING_DOWN = Interrupted.CLIENT_GONE, Interrupted.SHUTTING_DOWN
 
 
 class Watch:
@@ -54,10 +64,13 @@ class JobEvents:
         self._by_job: dict[str, set[Watch]] = {}
         self._any_job: set[asyncio.Event] = set()
         self._sub: Subscription | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.shutting_down = threading.Event()  # `serve` got SIGTERM/SIGINT: waiting runs answer 503
 
     def start(self) -> None:
         """In the running event loop (the app's lifespan)."""
         self.webhook_due = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         if not self.enabled:
             return
         self._sub = self.store.events.subscribe(JOBS)
@@ -85,6 +98,12 @@ class JobEvents:
                     watch.event.set()
             for event in self._any_job:
                 event.set()
+
+    def begin_shutdown(self) -> None:
+        """From a signal handler or any thread: every waiter wakes and sees ``shutting_down``."""
+        self.shutting_down.set()
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake_all)
 
     def _wake_all(self) -> None:
         if self.webhook_due is not None:
@@ -117,8 +136,8 @@ async def _client_gone(request: Request) -> None:
         pass
 
 
-async def wait_until_done(request: Request, job_id: str) -> Job | None:
-    """The finished job, or None when the client went away first (the caller decides what then).
+async def wait_until_done(request: Request, job_id: str) -> Job | Interrupted:
+    """The finished job, or why the wait ended first (the caller decides what then).
 
     The store is read on the event loop: a read by primary key never waits for writers (SQLite WAL),
     and a thread hop per check cost more than the read.
@@ -135,7 +154,9 @@ async def wait_until_done(request: Request, job_id: str) -> Job | None:
                 if current.status == "COMPLETED":
                     return current
                 if gone.done():
-                    return None
+                    return CLIENT_GONE
+                if events.shutting_down.is_set():
+                    return SHUTTING_DOWN
                 await watch.wait()
         finally:
             gone.cancel()

@@ -6,12 +6,12 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from pipelines.common.schema_types import Image, ImageSize, ImageSizePreset
+from pipelines.common.schema_types import FalInput, Image, ImageSize, ImageSizePreset
 
 ClothType = Literal["upper", "lower", "overall", "inner", "outer"]
 
 
-class CatVTONInput(BaseModel):
+class CatVTONInput(FalInput):
     human_image_url: str = Field(
         description="Url for the human image.",
         examples=["https://storage.googleapis.com/falserverless/catvton/man5.jpg"],

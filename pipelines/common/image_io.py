@@ -1,7 +1,9 @@
 """Image decoding with limits, and encoding of outputs.
 
 Only JPEG, PNG and WEBP are accepted. The byte cap is checked before parsing and the pixel cap
-from the header, before the pixels are decoded, so a decompression bomb never allocates.
+from the header, before the pixels are decoded, so a decompression bomb never allocates. Degenerate
+sizes (a side under ``MIN_IMAGE_SIDE``) are refused from the header too: no pipeline can use a
+3000x1 strip, and resizing one to a size limit would give a zero side.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from PIL import Image, ImageOps
 
 ALLOWED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+MIN_IMAGE_SIDE = 8
 
 
 @dataclass(frozen=True)
@@ -53,15 +56,51 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Im
                     f"image is {width}x{height} pixels, more than the limit of {limits.max_pixels}",
                     "image_too_large",
                 )
+            check_min_side(width, height)
             img.load()
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(str(exc), "image_too_large") from exc
+        raise ImageDecodeError(
+            f"image has more pixels than the limit of {limits.max_pixels}", "image_too_large"
+        ) from exc
+    except Image.UnidentifiedImageError as exc:  # PIL's text names an internal buffer object
+        raise ImageDecodeError("cannot decode image: not a JPEG, PNG or WEBP file", "image_load_error") from exc
     except Exception as exc:  # PIL raises many types for corrupt data
         raise ImageDecodeError(f"cannot decode image: {exc}", "image_load_error") from exc
-    img = ImageOps.exif_transpose(img)
-    return img.convert("RGB")
+    # in place and only when needed: a 40 MP image is 120 MB, every needless copy counts per prefetched job
+    ImageOps.exif_transpose(img, in_place=True)
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def check_min_side(width: int, height: int, what: str = "image") -> None:
+    """Refuse a size with a side under ``MIN_IMAGE_SIDE`` (also for a pipeline's own resized working size)."""
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise ImageDecodeError(
+            f"{what} is {width}x{height} pixels; each side must be at least {MIN_IMAGE_SIDE} pixels",
+            "image_too_small",
+        )
+
+
+ARRAY_STRIP_BYTES = 8 * 1024 * 1024
+
+
+def rgb_array(image: Image.Image) -> np.ndarray:
+    """An RGB PIL image as an HxWx3 uint8 array, copied in strips.
+
+    ``np.asarray(image)`` goes through ``tobytes``, which holds the pixels twice more (its chunks and
+    their join) on top of the image and the array: for a 40 MP image that is 240 MB of extra peak per
+    prepare thread. Strips keep the extra to a few MB; the values are the same.
+    """
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    width, height = image.size
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    rows = max(1, ARRAY_STRIP_BYTES // max(1, width * 3))
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        out[top:bottom] = np.asarray(image.crop((0, top, width, bottom)))
+    return out
 
 
 def to_pil(image: Image.Image | np.ndarray) -> Image.Image:

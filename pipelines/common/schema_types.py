@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 ImageSizePreset = Literal["square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9"]
 
@@ -21,7 +21,13 @@ IMAGE_SIZE_PRESETS: dict[str, tuple[int, int]] = {
 OutputFormat = Literal["jpeg", "png"]
 
 
-class ImageSize(BaseModel):
+class FalInput(BaseModel):
+    """Base of every request model: numbers must be finite (JSON's NaN / Infinity extensions are a 422)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+
+class ImageSize(FalInput):
     width: int = Field(default=512, description="The width of the generated image.", gt=0, le=14142)
     height: int = Field(default=512, description="The height of the generated image.", gt=0, le=14142)
 

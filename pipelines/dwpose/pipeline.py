@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel
 
 import weights
+from pipelines.common.image_io import rgb_array
 from pipelines.common.per_item import finish_all
 from pipelines.contract import Dtype, ImageLoader, ItemError, Pipeline, Prepared, RunContext, WeightSource
 
@@ -81,7 +82,8 @@ class DWPosePipeline(Pipeline):
                 f"a {width}x{height} image gives a {out_w}x{out_h} pose image (short side 512), more than "
                 f"{MAX_OUTPUT_PIXELS} pixels; use a less elongated image",
             )
-        prepared.extra.update(self.preprocess(np.asarray(prepared.images["image_url"].convert("RGB"))))
+        # the decoded original (up to 40 MP) is dropped: run only needs the 512 px working image
+        prepared.extra.update(self.preprocess(rgb_array(prepared.images.pop("image_url"))))
         return prepared
 
     @staticmethod
@@ -95,7 +97,7 @@ class DWPosePipeline(Pipeline):
     def run(self, batch: list[Prepared], ctx: RunContext) -> list[BaseModel | ItemError]:
         for item in batch:
             if "padded" not in item.extra:  # prepare() skipped by the caller
-                item.extra.update(self.preprocess(np.asarray(item.images["image_url"].convert("RGB"))))
+                item.extra.update(self.preprocess(rgb_array(item.images["image_url"])))
         openpose = self.estimate([p.extra for p in batch], ctx)
         # drawing + PNG encoding per item, concurrently (cv2 / zlib release the GIL); one failure fails one item
         outputs: list[BaseModel | ItemError] = finish_all(

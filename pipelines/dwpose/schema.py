@@ -6,12 +6,12 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from pipelines.common.schema_types import Image
+from pipelines.common.schema_types import FalInput, Image
 
 DrawMode = Literal["full-pose", "body-pose", "face-pose", "hand-pose", "face-hand-mask", "face-mask", "hand-mask"]
 
 
-class DWPoseInput(BaseModel):
+class DWPoseInput(FalInput):
     image_url: str = Field(
         description="URL of the image to be processed",
         examples=["https://github.com/badayvedat/sane-controlnet-aux/blob/main/tests/data/pose_sample.jpg?raw=true"],

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from pipelines.common.schema_types import Image, OutputFormat
+from pipelines.common.schema_types import FalInput, Image, OutputFormat
 
 
-class LeffaPoseTransferInput(BaseModel):
+class LeffaPoseTransferInput(FalInput):
     num_inference_steps: int = Field(default=50, ge=1, le=50, description="The number of inference steps to perform.")
     seed: int | None = Field(
         default=None,

@@ -29,6 +29,7 @@ import torch
 from pydantic import BaseModel
 
 import weights
+from pipelines.common.image_io import ImageDecodeError, check_min_side, rgb_array
 from pipelines.common.per_item import finish_all
 from pipelines.common.schema_types import Image
 from pipelines.contract import Dtype, ImageLoader, ItemError, Pipeline, Prepared, RunContext, WeightSource
@@ -101,7 +102,14 @@ class LivePortraitPipeline(Pipeline):
     def prepare(self, inp: BaseModel, load_image: ImageLoader) -> Prepared:
         assert isinstance(inp, LivePortraitImageInput)
         prepared = super().prepare(inp, load_image)
-        img = cropping.resize_to_limit(np.asarray(prepared.images["image_url"]), SOURCE_MAX_DIM, SOURCE_DIVISION)
+        width, height = prepared.images["image_url"].size
+        scale = min(1.0, SOURCE_MAX_DIM / max(width, height))
+        try:  # an elongated image would lose a whole side to the 1280 limit (an OpenCV assertion)
+            check_min_side(int(width * scale), int(height * scale), f"the {SOURCE_MAX_DIM} px working copy")
+        except ImageDecodeError as exc:
+            raise ItemError.invalid_input(["image_url"], f"{width}x{height} image: {exc}", exc.error_type) from exc
+        # keep only the limited copy (in ``extra``): the decoded original may be 40 MP, held per prefetched job
+        img = cropping.resize_to_limit(rgb_array(prepared.images.pop("image_url")), SOURCE_MAX_DIM, SOURCE_DIVISION)
         faces = self.faces.detect(img)
         if not faces and (inp.enable_safety_checker or inp.flag_do_crop):
             hint = "" if inp.enable_safety_checker else " Set flag_do_crop to false to edit the whole image."

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from pipelines.common.schema_types import Image, OutputFormat
+from pipelines.common.schema_types import FalInput, Image, OutputFormat
 
 
-class LivePortraitImageInput(BaseModel):
+class LivePortraitImageInput(FalInput):
     image_url: str = Field(
         description="URL of the image to be animated",
         examples=["https://storage.googleapis.com/falserverless/model_tests/live-portrait/XKEmk3mAzGHUjK3qqH-UL.jpeg"],

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from pipelines.common.schema_types import Image, ImageSize, ImageSizePreset
+from pipelines.common.schema_types import FalInput, Image, ImageSize, ImageSizePreset
 
 DEFAULT_NEGATIVE_PROMPT = (
     "flaws in the eyes, flaws in the face, flaws, lowres, non-HDRi, low quality, worst quality,"
@@ -16,11 +16,11 @@ DEFAULT_NEGATIVE_PROMPT = (
 )
 
 
-class ReferenceFace(BaseModel):
+class ReferenceFace(FalInput):
     image_url: str = Field(description="URL of the reference face image")
 
 
-class PuLIDInput(BaseModel):
+class PuLIDInput(FalInput):
     reference_images: list[ReferenceFace] = Field(
         min_length=1,
         description="List of reference faces, ideally 4 images.",

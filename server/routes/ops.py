@@ -1,13 +1,21 @@
-"""Liveness, readiness per pipeline, Prometheus metrics."""
+"""Liveness, readiness per pipeline, Prometheus metrics.
+
+With API keys configured, details need a key (``Authorization: Key <key>`` or ``Bearer <key>``):
+``/healthz`` stays open, ``/readyz`` answers without a key with its status code and ``{"ready": ...}``
+only (enough for a load balancer; worker host names, pids and failure reasons need a key), and
+``/metrics`` answers 401 without a key. Without keys everything is open, as the rest of the API.
+"""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
+from server.auth import caller_key_id
+from server.errors import FalError
 from server.jobs import READY_STALE_S
 from server.metrics import render_metrics
 
@@ -45,10 +53,20 @@ def readyz(request: Request) -> JSONResponse:
     """200 when at least one pipeline is ready to serve; the body details every pipeline."""
     pipelines = pipeline_readiness(request)
     ready = any(p["state"] == "ready" for p in pipelines.values())
-    return JSONResponse({"ready": ready, "pipelines": pipelines}, status_code=200 if ready else 503)
+    body: dict[str, Any] = {"ready": ready, "pipelines": pipelines} if _may_see_details(request) else {"ready": ready}
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/metrics")
+def _may_see_details(request: Request) -> bool:
+    """True without configured keys, or with a valid one."""
+    try:
+        caller_key_id(request)
+    except FalError:
+        return False
+    return True
+
+
+@router.get("/metrics", dependencies=[Depends(caller_key_id)])
 def metrics(request: Request) -> Response:
     body, content_type = render_metrics(request.app.state.store)
     return Response(body, media_type=content_type)

@@ -12,10 +12,24 @@ from fastapi.responses import JSONResponse, Response
 from pipelines.contract import EndpointSpec
 from server import jobs
 from server.auth import caller_key_id
-from server.errors import SUBMIT_RESPONSES, FalError, job_error_response
+from server.errors import SUBMIT_RESPONSES, FalError, error_response, job_error_response
 from server.store import JobStore
 from server.urls import base_url
-from server.waiting import wait_until_done
+from server.waiting import CLIENT_GONE, SHUTTING_DOWN, wait_until_done
+
+SHUTDOWN_RETRY_AFTER_S = 5
+
+
+async def shutdown_response(store: JobStore, job_id: str) -> Response:
+    """What a waiting run answers when the server shuts down: a JSON 503 with a retry hint. Its job is
+    cancelled (if queued it would otherwise run after the restart for a client that has gone)."""
+    await to_thread.run_sync(store.request_cancel, job_id)
+    return error_response(
+        503,
+        "The server is shutting down; retry the request",
+        "server_shutting_down",
+        {"Retry-After": str(SHUTDOWN_RETRY_AFTER_S), "x-fal-request-id": job_id},
+    )
 
 
 def run_route(spec: EndpointSpec):
@@ -43,9 +57,11 @@ def run_route(spec: EndpointSpec):
             )
         )
         current = await wait_until_done(request, job.id)
-        if current is None:  # the client went away
+        if current is CLIENT_GONE:
             await to_thread.run_sync(store.request_cancel, job.id)
             return Response(status_code=499)
+        if current is SHUTTING_DOWN:
+            return await shutdown_response(store, job.id)
         if current.error:
             return job_error_response(current.error, current.id)
         return JSONResponse(current.result, headers={"x-fal-request-id": current.id})

@@ -25,7 +25,7 @@ from server.auth import caller_key_id
 from server.auth import key_id as key_id_of
 from server.errors import FalError
 from server.local_secrets import load_or_create_secret
-from server.uploads import SECRET_FILE_NAME, UploadManager, UploadSession
+from server.uploads import SECRET_FILE_NAME, UploadManager, UploadSession, checked_content_type
 from server.urls import base_url
 
 router = APIRouter(tags=["storage"])
@@ -67,7 +67,8 @@ def uploads(request: Request) -> UploadManager:
 def _initiate(request: Request, body: InitiateUpload | None, key_id: str | None, kind: str) -> dict[str, str]:
     manager = uploads(request)
     body = body or InitiateUpload()
-    session = manager.create(kind, body.file_name, body.content_type, key_id)  # type: ignore[arg-type]
+    content_type = checked_content_type(body.content_type, ["body", "content_type"])
+    session = manager.create(kind, body.file_name, content_type, key_id)  # type: ignore[arg-type]
     base = base_url(request)
     upload_url = f"{base}/storage/uploads/{session.id}?{manager.signed_query(session.id)}"
     return {"upload_url": upload_url, "file_url": session.file_url(base)}
@@ -193,6 +194,7 @@ async def cdn_upload(
 ) -> dict[str, str]:
     manager = uploads(request)
     key_id = _token_key_id(request, authorization)
+    content_type = checked_content_type(content_type, ["header", "content-type"])
     session = manager.create("single", _cdn_file_name(x_fal_file_name, content_type), content_type, key_id)
     try:
         stored = await manager.receive_whole(session, request.stream(), request.headers.get("content-length"))
@@ -210,6 +212,7 @@ def cdn_multipart_create(
 ) -> dict[str, str]:
     manager = uploads(request)
     key_id = _token_key_id(request, authorization)
+    content_type = checked_content_type(content_type, ["header", "content-type"])
     session = manager.create("multipart", _cdn_file_name(x_fal_file_name, content_type), content_type, key_id)
     return {"access_url": session.file_url(base_url(request)), "uploadId": session.id}
 

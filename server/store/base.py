@@ -79,6 +79,17 @@ class PipelineState:
     updated_at: float = field(default_factory=time.time)
 
 
+SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+HISTOGRAM_BUCKETS: dict[str, tuple[float, ...]] = {
+    "queue_time": SECONDS_BUCKETS,
+    "inference_time": SECONDS_BUCKETS,
+    "batch_size": BATCH_BUCKETS,
+    "admission_wait": SECONDS_BUCKETS,
+}
+"""The ``Job.metrics`` fields a store keeps histograms of, counted as jobs complete (``metric_histogram``)."""
+
+
 class JobStore(Protocol):
     """Safe for concurrent use by the API process and several worker processes."""
 
@@ -123,13 +134,39 @@ class JobStore(Protocol):
     ) -> bool: ...
     def expire_deadlines(self, now: float | None = None) -> list[str]: ...
     def recover_expired_leases(self, max_attempts: int, now: float | None = None) -> list[str]: ...
+    def fail_queued(self, endpoint: str, error: dict[str, Any]) -> list[str]:
+        """Complete every IN_QUEUE job of ``endpoint`` with ``error`` (and owe their webhooks): used when no
+        live worker can serve the endpoint, so its jobs do not wait forever. Returns their ids."""
+        ...
+
+    def release_dead_worker(self, worker_id: str, max_attempts: int) -> list[str]:
+        """Recover the jobs of a worker known to be dead (its supervisor saw the process exit) at once,
+        instead of when their leases run out. Same rules as ``recover_expired_leases``: a started job is
+        re-queued while attempts remain, else completed with the ``runner_disconnected`` 500; a claimed
+        job that never started goes back to the queue without spending an attempt. The worker's pipeline
+        states are dropped too. Returns the ids of the jobs it recovered."""
+        ...
+
     def set_pipeline_state(self, state: PipelineState) -> None: ...
     def clear_pipeline_states(self, worker_id: str) -> None: ...
     def set_worker_stats(self, worker_id: str, device: str, allocated: int | None, reserved: int | None) -> None: ...
 
-    # -- metrics
-    def completed_stats(self) -> list[Any]: ...
-    def metric_histogram(self, name: str, buckets: tuple[float, ...]) -> list[tuple[str, list[int], float, int]]: ...
+    # -- metrics: kept in counters updated as jobs complete, so a scrape costs the same after a million jobs
+    # and purged jobs stay counted
+    def completed_stats(self) -> list[Any]:
+        """Rows of (endpoint, error_type ('' = success), n) over every job ever completed."""
+        ...
+
+    def metric_histogram(self, name: str, buckets: tuple[float, ...]) -> list[tuple[str, list[int], float, int]]:
+        """Per endpoint: cumulative counts for ``buckets`` (those of ``HISTOGRAM_BUCKETS[name]``), sum, count."""
+        ...
+
+    def purge_finished(self, finished_before: float, limit: int = 1000) -> int:
+        """Delete up to ``limit`` COMPLETED jobs that finished before ``finished_before``, with their log lines
+        and finished webhook rows; a job whose webhook is still pending is kept until it is delivered or given
+        up. Counters (``completed_stats``, ``metric_histogram``) are unchanged. Returns the jobs deleted."""
+        ...
+
     def worker_stats(self) -> list[Any]: ...
     def set_worker_metrics(
         self,

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from server.store.base import (
     CANCELLED_ERROR,
+    HISTOGRAM_BUCKETS,
     PRIORITY_RANK,
     TIMEOUT_ERROR,
     CancelOutcome,
@@ -88,6 +89,46 @@ CREATE TABLE IF NOT EXISTS webhooks (
     delivered_at REAL
 );
 CREATE INDEX IF NOT EXISTS webhooks_due ON webhooks (state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS completed_counts (
+    endpoint TEXT NOT NULL,
+    error_type TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (endpoint, error_type)
+);
+CREATE TABLE IF NOT EXISTS histogram_buckets (name TEXT NOT NULL, le REAL NOT NULL, PRIMARY KEY (name, le));
+CREATE TABLE IF NOT EXISTS histogram_counts (
+    name TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    le REAL NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (name, endpoint, le)
+);
+CREATE TABLE IF NOT EXISTS histogram_sums (
+    name TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    total REAL NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (name, endpoint)
+);
+CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- Counters for /metrics, updated by whatever completes a job (complete, cancel, deadline, lost worker...).
+CREATE TRIGGER IF NOT EXISTS jobs_completed_counters AFTER UPDATE OF status ON jobs
+WHEN NEW.status = 'COMPLETED' AND OLD.status != 'COMPLETED'
+BEGIN
+    INSERT INTO completed_counts (endpoint, error_type, n)
+    VALUES (NEW.endpoint, COALESCE(json_extract(NEW.error, '$.error_type'), ''), 1)
+    ON CONFLICT (endpoint, error_type) DO UPDATE SET n = n + 1;
+    INSERT INTO histogram_sums (name, endpoint, total, n)
+    SELECT name, NEW.endpoint, json_extract(NEW.metrics, '$.' || name), 1
+    FROM (SELECT DISTINCT name FROM histogram_buckets)
+    WHERE json_extract(NEW.metrics, '$.' || name) IS NOT NULL
+    ON CONFLICT (name, endpoint) DO UPDATE SET total = total + excluded.total, n = n + 1;
+    INSERT INTO histogram_counts (name, endpoint, le, n)
+    SELECT name, NEW.endpoint, le, 1 FROM histogram_buckets
+    WHERE json_extract(NEW.metrics, '$.' || name) <= le
+    ON CONFLICT (name, endpoint, le) DO UPDATE SET n = n + 1;
+END;
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (status, finished_at);
 CREATE TABLE IF NOT EXISTS worker_stats (
     worker_id TEXT PRIMARY KEY,
     device TEXT NOT NULL,
@@ -147,6 +188,34 @@ def _enqueue_webhook(db: sqlite3.Connection, job_id: str, now: float) -> list[tu
     return [*done, (JOBS, f"{job_id} {WEBHOOK}")] if cur.rowcount == 1 else done
 
 
+def _recover(
+    db: sqlite3.Connection, rows: list[sqlite3.Row], max_attempts: int, now: float, unstarted_free: bool
+) -> list[tuple[str, str]]:
+    """Re-queue the given IN_PROGRESS jobs of a dead worker while attempts remain, else fail them.
+
+    With ``unstarted_free``, a job that was only claimed (prefetched, ``started_at`` unset) is re-queued
+    whatever its attempt count: it never ran on that worker. Returns the notifications to publish.
+    """
+    failed_error = runner_disconnected_error(max_attempts)
+    notes: list[tuple[str, str]] = []
+    for r in rows:
+        if r["attempts"] < max_attempts or (unstarted_free and r["started_at"] is None):
+            db.execute(
+                "UPDATE jobs SET status = 'IN_QUEUE', worker_id = NULL, lease_until = NULL, "
+                "started_at = NULL WHERE id = ? AND status = 'IN_PROGRESS'",
+                (r["id"],),
+            )
+            notes.append((QUEUE, r["endpoint"]))
+        else:
+            db.execute(
+                "UPDATE jobs SET status = 'COMPLETED', finished_at = ?, error = ?, lease_until = NULL "
+                "WHERE id = ? AND status = 'IN_PROGRESS'",
+                (now, json.dumps(failed_error), r["id"]),
+            )
+            notes += _enqueue_webhook(db, r["id"], now)
+    return notes
+
+
 def _row_to_webhook(row: sqlite3.Row) -> WebhookDelivery:
     return WebhookDelivery(
         job_id=row["job_id"],
@@ -195,6 +264,7 @@ class SQLiteJobStore:
         self._db().executescript(SCHEMA)
         # Wake-ups for waiters in any process using this database (published after each commit).
         self.events = LocalNotifier(self.path.parent / f"{self.path.stem}.notify")
+        self._init_counters()
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteJobStore:
@@ -330,35 +400,71 @@ class SQLiteJobStore:
             for r in rows
         ]
 
-    def completed_stats(self) -> list[sqlite3.Row]:
-        """Per-endpoint counts of finished jobs by error type ('' = success), for /metrics."""
-        return (
-            self._db()
-            .execute(
-                "SELECT endpoint, COALESCE(json_extract(error, '$.error_type'), '') AS error_type, "
-                "COUNT(*) AS n FROM jobs WHERE status = 'COMPLETED' GROUP BY endpoint, error_type"
+    def _init_counters(self) -> None:
+        """Register the histogram buckets; a store made before counters existed is counted once from its jobs."""
+        with self._write() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO histogram_buckets (name, le) VALUES (?, ?)",
+                [(name, float(le)) for name, buckets in HISTOGRAM_BUCKETS.items() for le in buckets],
             )
-            .fetchall()
-        )
+            if db.execute("SELECT 1 FROM store_meta WHERE key = 'counters'").fetchone():
+                return
+            for table in ("completed_counts", "histogram_sums", "histogram_counts"):  # a full recount, once
+                db.execute(f"DELETE FROM {table}")
+            db.execute(
+                "INSERT INTO completed_counts (endpoint, error_type, n) SELECT endpoint, "
+                "COALESCE(json_extract(error, '$.error_type'), ''), COUNT(*) FROM jobs WHERE status = 'COMPLETED' "
+                "GROUP BY 1, 2"
+            )
+            db.execute(
+                "INSERT INTO histogram_sums (name, endpoint, total, n) SELECT b.name, j.endpoint, "
+                "SUM(json_extract(j.metrics, '$.' || b.name)), COUNT(*) FROM jobs j, "
+                "(SELECT DISTINCT name FROM histogram_buckets) b WHERE j.status = 'COMPLETED' "
+                "AND json_extract(j.metrics, '$.' || b.name) IS NOT NULL GROUP BY 1, 2"
+            )
+            db.execute(
+                "INSERT INTO histogram_counts (name, endpoint, le, n) SELECT b.name, j.endpoint, b.le, COUNT(*) "
+                "FROM jobs j, histogram_buckets b WHERE j.status = 'COMPLETED' "
+                "AND json_extract(j.metrics, '$.' || b.name) <= b.le GROUP BY 1, 2, 3"
+            )
+            db.execute("INSERT INTO store_meta (key, value) VALUES ('counters', '1')")
+
+    def completed_stats(self) -> list[sqlite3.Row]:
+        """Per-endpoint counts of finished jobs by error type ('' = success), for /metrics (from counters)."""
+        return self._db().execute("SELECT endpoint, error_type, n FROM completed_counts").fetchall()
 
     def metric_histogram(self, name: str, buckets: tuple[float, ...]) -> list[tuple[str, list[int], float, int]]:
         """Per endpoint: cumulative bucket counts, sum and count of ``metrics.<name>`` of finished jobs.
 
-        One aggregate pass in SQLite (no rows are pulled into Python).
+        Read from counters kept as jobs complete; ``buckets`` must be ``HISTOGRAM_BUCKETS[name]``.
         """
-        path = f"$.{name}"
-        cases = ", ".join(f"SUM(CASE WHEN v <= {float(b)!r} THEN 1 ELSE 0 END)" for b in buckets)
-        rows = (
-            self._db()
-            .execute(
-                f"SELECT endpoint, {cases}, SUM(v), COUNT(v) FROM (SELECT endpoint, "
-                f"json_extract(metrics, ?) AS v FROM jobs WHERE status = 'COMPLETED') WHERE v IS NOT NULL "
-                "GROUP BY endpoint",
-                (path,),
-            )
-            .fetchall()
-        )
-        return [(r[0], [int(c or 0) for c in r[1 : 1 + len(buckets)]], float(r[-2] or 0), int(r[-1])) for r in rows]
+        db = self._db()
+        counts: dict[tuple[str, float], int] = {
+            (r["endpoint"], r["le"]): int(r["n"])
+            for r in db.execute("SELECT endpoint, le, n FROM histogram_counts WHERE name = ?", (name,))
+        }
+        return [
+            (r["endpoint"], [counts.get((r["endpoint"], float(b)), 0) for b in buckets], float(r["total"]), int(r["n"]))
+            for r in db.execute("SELECT endpoint, total, n FROM histogram_sums WHERE name = ?", (name,))
+        ]
+
+    def purge_finished(self, finished_before: float, limit: int = 1000) -> int:
+        """See ``JobStore.purge_finished``."""
+        with self._write() as db:
+            ids = [
+                r["id"]
+                for r in db.execute(
+                    "SELECT id FROM jobs WHERE status = 'COMPLETED' AND finished_at < ? AND NOT EXISTS "
+                    "(SELECT 1 FROM webhooks w WHERE w.job_id = jobs.id AND w.state = 'pending') LIMIT ?",
+                    (finished_before, limit),
+                )
+            ]
+            if ids:
+                marks = ",".join("?" * len(ids))
+                db.execute(f"DELETE FROM logs WHERE job_id IN ({marks})", ids)
+                db.execute(f"DELETE FROM webhooks WHERE job_id IN ({marks})", ids)
+                db.execute(f"DELETE FROM jobs WHERE id IN ({marks})", ids)
+        return len(ids)
 
     def set_worker_stats(self, worker_id: str, device: str, allocated: int | None, reserved: int | None) -> None:
         with self._write() as db:
@@ -629,27 +735,41 @@ class SQLiteJobStore:
     def recover_expired_leases(self, max_attempts: int, now: float | None = None) -> list[str]:
         """Jobs of a dead worker (lease expired): re-queue if attempts remain, else fail them."""
         now = self.clock() if now is None else now
-        failed_error = runner_disconnected_error(max_attempts)
-        notes: list[tuple[str, str]] = []
         with self._write() as db:
             rows = db.execute(
-                "SELECT id, endpoint, attempts FROM jobs WHERE status = 'IN_PROGRESS' AND lease_until < ?", (now,)
+                "SELECT id, endpoint, attempts, started_at FROM jobs WHERE status = 'IN_PROGRESS' AND lease_until < ?",
+                (now,),
             ).fetchall()
+            notes = _recover(db, rows, max_attempts, now, unstarted_free=False)
+        self._publish(notes)
+        return [r["id"] for r in rows]
+
+    def fail_queued(self, endpoint: str, error: dict[str, Any]) -> list[str]:
+        """See ``JobStore.fail_queued``."""
+        now = self.clock()
+        notes: list[tuple[str, str]] = []
+        with self._write() as db:
+            rows = db.execute("SELECT id FROM jobs WHERE endpoint = ? AND status = 'IN_QUEUE'", (endpoint,)).fetchall()
             for r in rows:
-                if r["attempts"] < max_attempts:
-                    db.execute(
-                        "UPDATE jobs SET status = 'IN_QUEUE', worker_id = NULL, lease_until = NULL, "
-                        "started_at = NULL WHERE id = ?",
-                        (r["id"],),
-                    )
-                    notes.append((QUEUE, r["endpoint"]))
-                else:
-                    db.execute(
-                        "UPDATE jobs SET status = 'COMPLETED', finished_at = ?, error = ?, lease_until = NULL "
-                        "WHERE id = ?",
-                        (now, json.dumps(failed_error), r["id"]),
-                    )
-                    notes += _enqueue_webhook(db, r["id"], now)
+                db.execute(
+                    "UPDATE jobs SET status = 'COMPLETED', finished_at = ?, error = ? "
+                    "WHERE id = ? AND status = 'IN_QUEUE'",
+                    (now, json.dumps(error), r["id"]),
+                )
+                notes += _enqueue_webhook(db, r["id"], now)
+        self._publish(notes)
+        return [r["id"] for r in rows]
+
+    def release_dead_worker(self, worker_id: str, max_attempts: int) -> list[str]:
+        """See ``JobStore.release_dead_worker``: a dead worker's jobs are recovered now, not after the lease."""
+        now = self.clock()
+        with self._write() as db:
+            rows = db.execute(
+                "SELECT id, endpoint, attempts, started_at FROM jobs WHERE status = 'IN_PROGRESS' AND worker_id = ?",
+                (worker_id,),
+            ).fetchall()
+            notes = _recover(db, rows, max_attempts, now, unstarted_free=True)
+            db.execute("DELETE FROM pipeline_states WHERE worker_id = ?", (worker_id,))
         self._publish(notes)
         return [r["id"] for r in rows]
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import ipaddress
 from typing import Any
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from pipelines.common.image_io import DecodeLimits, ImageDecodeError, decode_image
 from pipelines.contract import ImageLoader, ItemError
 from server.config import Settings
-from server.files import Files
+from server.files import FILES_PREFIX, Files
 
 
 def decode_data_uri(uri: str) -> bytes:
@@ -31,6 +32,20 @@ def decode_data_uri(uri: str) -> bytes:
     return unquote_to_bytes(payload)
 
 
+def _own_files_url(url: str, settings: Settings) -> bool:
+    """A ``/files/`` URL on a loopback host or on ``public_url``'s host: one of ours."""
+    parts = urlsplit(url)
+    if not parts.path.startswith(FILES_PREFIX) or not parts.hostname:
+        return False
+    own = {urlsplit(settings.public_url).hostname} if settings.public_url else set()
+    if parts.hostname in own or parts.hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(parts.hostname).is_loopback
+    except ValueError:
+        return False
+
+
 def make_image_loader(settings: Settings, files: Files) -> ImageLoader:
     limits = DecodeLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
 
@@ -44,6 +59,8 @@ def make_image_loader(settings: Settings, files: Files) -> ImageLoader:
                     f"image is {stored.size} bytes, more than the limit of {limits.max_bytes}", "file_too_large"
                 )
             return stored.read_bytes()
+        if _own_files_url(url, settings):  # ours, but not stored: say so (a fetch would say "loopback refused")
+            raise ValueError("no such file on this server (it expired or was never uploaded)")
         if url.startswith(("http://", "https://")):
             from server.net.fetch import fetch_bytes, policy_from_settings
 

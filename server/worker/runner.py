@@ -14,7 +14,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import socket
 import threading
 import time
 import traceback
@@ -36,12 +35,14 @@ from pipelines.contract import (
     WeightSource,
 )
 from server.config import Settings
-from server.errors import validation_detail
+from server.errors import error_text, validation_detail
 from server.files import open_file_store
 from server.store import Job, JobStore, LogEntry, PipelineState, open_store
 from server.store.base import CANCELLED_ERROR
 from server.store.notify import QUEUE
 from server.worker.context import BatchContext
+from server.worker.host_memory import TRIM_AFTER_DECODED_BYTES, fitting_prefix, held_bytes, release_freed_memory
+from server.worker.identity import worker_id as default_worker_id
 from server.worker.inputs import make_image_loader
 from server.worker.memory import Residency, default_budget, parse_bytes
 from server.worker.stats import WorkerStats
@@ -82,6 +83,18 @@ class ClaimedBatch:
     prepared: list[Prepared | dict[str, Any]]  # a dict is the item's error
 
 
+def log_failed_job(job: Job, error: dict[str, Any]) -> None:
+    """One server log line per failed job: request id, endpoint, error type and the reason."""
+    log.warning(
+        "request %s on %s failed: %s %s: %s",
+        job.id,
+        job.endpoint,
+        error.get("status_code", 500),
+        error.get("error_type") or "error",
+        error_text(error),
+    )
+
+
 def _internal_error(exc: BaseException) -> dict[str, Any]:
     return {"status_code": 500, "detail": f"Internal error: {exc}", "error_type": "internal_server_error"}
 
@@ -93,7 +106,7 @@ class Worker:
         self.settings = settings
         self.parent_pid = parent_pid
         self.device = device
-        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{device}"
+        self.worker_id = worker_id or default_worker_id(device)
         self.store: JobStore = open_store(settings.resolved_store_url)
         self.files = open_file_store(settings.files_url, settings.files_dir, settings.s3_endpoint_url)
         self.load_image = make_image_loader(settings, self.files)
@@ -104,6 +117,7 @@ class Worker:
         self.stop_event = threading.Event()
         self._active: list[str] = []  # ids of claimed, unfinished jobs (for heartbeats)
         self._active_lock = threading.Lock()
+        self._held_bytes: dict[str, int] = {}  # claimed job id -> bytes its prepared inputs hold
         self._prepare_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="prepare")
         self._prefetch_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
         self.batches_run = 0
@@ -329,6 +343,7 @@ class Worker:
                 pipe = loaded.pipeline
                 assert pipe is not None
                 prepared = list(self._prepare_pool.map(lambda j, p=pipe: self._prepare(p, j), jobs))
+                jobs, prepared = self._within_byte_budget(jobs, prepared)
                 return ClaimedBatch(loaded, jobs, prepared)
         return None
 
@@ -349,6 +364,20 @@ class Worker:
                 self.release([j.id for j in jobs[n:]])
                 return jobs[:n]
         return jobs
+
+    def _within_byte_budget(
+        self, jobs: list[Job], prepared: list[Prepared | dict[str, Any]]
+    ) -> tuple[list[Job], list[Prepared | dict[str, Any]]]:
+        """Keep the jobs whose prepared inputs fit in what ``max_prepared_bytes`` leaves (the running batch
+        counts too; at least one job); the others go back to the queue unstarted, no attempt spent."""
+        sizes = [held_bytes(p) if isinstance(p, Prepared) else 0 for p in prepared]
+        with self._active_lock:
+            keep = fitting_prefix(sizes, self.settings.max_prepared_bytes - sum(self._held_bytes.values()))
+            self._held_bytes.update((j.id, size) for j, size in zip(jobs[:keep], sizes, strict=False))
+        if keep < len(jobs):
+            self.release([j.id for j in jobs[keep:]])
+            log.info("prepared inputs over max_prepared_bytes: %d job(s) back to the queue", len(jobs) - keep)
+        return jobs[:keep], prepared[:keep]
 
     def _prefetch(self) -> ClaimedBatch | None:
         """At a batch boundary: claim the next batch now, to prepare it while this one runs, only when the
@@ -378,7 +407,18 @@ class Worker:
     def _prepare(self, pipe: Pipeline, job: Job) -> Prepared | dict[str, Any]:
         try:
             inp = pipe.Input.model_validate(job.input)
-            return pipe.prepare(inp, self.load_image)
+            decoded = 0
+
+            def load(url: str, loc: list[str | int]) -> Any:
+                nonlocal decoded
+                image = self.load_image(url, loc)
+                decoded += held_bytes(image)
+                return image
+
+            prepared = pipe.prepare(inp, load)
+            if decoded >= TRIM_AFTER_DECODED_BYTES:  # large originals are gone: give their memory back
+                release_freed_memory()
+            return prepared
         except ValidationError as exc:
             detail = [{**d, "loc": ["body", *d["loc"]]} for d in validation_detail(list(exc.errors()))]
             return {"status_code": 422, "detail": detail, "error_type": "validation_error"}
@@ -398,7 +438,8 @@ class Worker:
             self.store.complete(job.id, result=result, metrics=metrics, worker_id=self.worker_id)
         else:
             error = outcome or _internal_error(RuntimeError("no result"))
-            self.store.complete(job.id, error=error, metrics=metrics, worker_id=self.worker_id)
+            if self.store.complete(job.id, error=error, metrics=metrics, worker_id=self.worker_id):
+                log_failed_job(job, error)
 
     def run_batch(self, batch: ClaimedBatch) -> None:
         pipe = batch.loaded.pipeline
@@ -442,6 +483,8 @@ class Worker:
         with self._active_lock:
             done = set(job_ids)
             self._active = [i for i in self._active if i not in done]
+            for job_id in done:
+                self._held_bytes.pop(job_id, None)
 
     def _run_items(self, pipe: Pipeline, jobs: list[Job], prepared: list[Prepared]) -> dict[str, Any]:
         """Run one batch; on an unexpected exception, run its items one by one to isolate the culprit."""

@@ -48,6 +48,12 @@ class LiveServer:
         self.log_path = data_dir / f"server-{self.port}.log"
 
     @property
+    def auth_headers(self) -> dict[str, str]:
+        """A key of the server's own when it has keys (``/readyz`` details need one then)."""
+        keys = self.env.get("FAL_ONPREM_API_KEYS", "")
+        return {"Authorization": f"Key {keys.split(',')[0]}"} if keys else {}
+
+    @property
     def url(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
@@ -76,7 +82,7 @@ class LiveServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                r = httpx.get(f"{self.url}/readyz", timeout=2, verify=False)
+                r = httpx.get(f"{self.url}/readyz", headers=self.auth_headers, timeout=2, verify=False)
                 last = r.json()
                 states = last.get("pipelines", {})
                 if all(self._settled(states.get(e, {})) for e in self.wait_for):
