@@ -75,7 +75,7 @@ def readiness(server: LiveServer, endpoint_id: str) -> dict[str, Any]:
     """The endpoint's /readyz entry once it has settled (not loading), bounded in time."""
     deadline = time.monotonic() + SERVE_TIMEOUT_S
     while True:
-        entry = httpx.get(f"{server.url}/readyz", timeout=10).json()["pipelines"][endpoint_id]
+        entry = httpx.get(f"{server.url}/readyz", headers=AUTH, timeout=10).json()["pipelines"][endpoint_id]
         if entry["state"] != "loading" or time.monotonic() > deadline:
             return entry
         time.sleep(0.5)

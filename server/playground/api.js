@@ -47,10 +47,13 @@ async function call(url, { method = "GET", body, headers = {}, auth = true } = {
 
 export const getOpenApi = () => call("/openapi.json", { auth: false });
 
-/** /readyz answers 503 with the same body when nothing is ready yet: both are useful here. */
+/**
+ * /readyz answers 503 with the same body when nothing is ready yet: both are useful here. With API keys
+ * configured, the per-pipeline details need the key (without one the body is only {ready}).
+ */
 export async function getReadiness() {
   try {
-    return await call("/readyz", { auth: false });
+    return await call("/readyz");
   } catch (err) {
     if (err instanceof ApiError && err.body && err.body.pipelines) return err.body;
     throw err;
