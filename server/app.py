@@ -15,7 +15,14 @@ from pipelines import registry
 from server import docs, webhooks
 from server.auth import KEY_ID_SECRET_FILE
 from server.config import Settings
-from server.errors import FalError, on_fal_error, on_http_error, on_unexpected_error, on_validation_error
+from server.errors import (
+    FalError,
+    on_fal_error,
+    on_http_error,
+    on_store_unavailable,
+    on_unexpected_error,
+    on_validation_error,
+)
 from server.files import open_file_store
 from server.janitor import janitor
 from server.limits import BodyLimitMiddleware
@@ -60,6 +67,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(FalError, on_fal_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
+    for transient in app.state.store.transient_errors:
+        app.add_exception_handler(transient, on_store_unavailable)
     app.add_exception_handler(Exception, on_unexpected_error)
 
     app.include_router(queue.build_router(endpoints))

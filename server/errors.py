@@ -5,6 +5,7 @@ Validation errors keep fal's list shape ``{"detail": [{"loc", "msg", "type"}]}``
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -137,6 +138,20 @@ async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
         exc.status_code, "http_error"
     )
     return error_response(exc.status_code, str(exc.detail), error_type, dict(exc.headers or {}))
+
+
+STORE_RETRY_AFTER_S = 1
+
+
+async def on_store_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    """The job store's database is briefly unreachable (a restart, a failover): the client retries."""
+    logging.getLogger("fal_onprem.api").warning("job store unavailable: %s", exc)
+    return error_response(
+        503,
+        "The job store is unavailable; retry the request",
+        "store_unavailable",
+        {"Retry-After": str(STORE_RETRY_AFTER_S)},
+    )
 
 
 async def on_unexpected_error(_: Request, exc: Exception) -> JSONResponse:
