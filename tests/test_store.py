@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from server.store import Job, JobStore, LogEntry, SQLiteJobStore, open_store
+from server.store import Job, JobStore, LogEntry, PipelineState, SQLiteJobStore, open_store
+from server.store.base import HISTOGRAM_BUCKETS
 from server.store.postgres import PostgresJobStore
 
 
@@ -251,3 +252,104 @@ def test_queued_ids_in_claim_order_and_claims_that_must_match_a_step_key(store: 
     assert store.queued_ids("a/b", 10) == [normal[0].id, normal[1].id, low[0].id]
     assert store.claim_batch("a/b", "w", by_key, 8, 30, key=2) == []  # the head has key 1: no claim around it
     assert [j.id for j in store.claim_batch("a/b", "w", by_key, 8, 30, key=1)] == [j.id for j in normal]
+
+
+# -- recovery, retention and counters (issue #11; both stores) ---------------------------------------------
+
+
+def _sql(store: JobStore, statement: str) -> None:
+    """Run one SQL statement (same text in both dialects) to stage a state the contract cannot reach."""
+    if isinstance(store, SQLiteJobStore):
+        with store._write() as db:
+            db.execute(statement)
+    else:
+        assert isinstance(store, PostgresJobStore)
+        with store.pool.connection() as conn:
+            conn.execute(statement)
+
+
+def test_release_dead_worker_recovers_its_jobs_without_waiting_for_the_lease(store: JobStore) -> None:
+    started, prefetched, exhausted, other = make(store, 4)
+    store.claim_batch("a/b", "dead", by_key, 3, lease_s=3600)  # long leases: nothing expires
+    store.claim_batch("a/b", "alive", by_key, 1, lease_s=3600)
+    store.start([started.id, exhausted.id], "dead")
+    _sql(store, f"UPDATE jobs SET attempts = 2 WHERE id = '{exhausted.id}'")  # its last attempt
+    store.set_pipeline_state(PipelineState("a/b", "dead", "ready"))
+    assert store.recover_expired_leases(max_attempts=2) == []  # the lease alone would keep them an hour
+
+    released = store.release_dead_worker("dead", max_attempts=2)
+    assert sorted(released) == sorted([started.id, prefetched.id, exhausted.id])
+    jobs = {j.id: store.get(j.id) for j in (started, prefetched, exhausted, other)}
+    assert (jobs[started.id].status, jobs[started.id].attempts) == ("IN_QUEUE", 1)  # the attempt still counts
+    assert (jobs[prefetched.id].status, jobs[prefetched.id].attempts) == ("IN_QUEUE", 0)  # never ran: free
+    assert jobs[exhausted.id].status == "COMPLETED"
+    assert jobs[exhausted.id].error["error_type"] == "runner_disconnected"
+    assert jobs[other.id].status == "IN_PROGRESS" and jobs[other.id].worker_id == "alive"
+    assert [s for s in store.pipeline_states() if s.worker_id == "dead"] == []
+
+
+def test_fail_queued_completes_only_that_endpoints_queued_jobs(store: JobStore) -> None:
+    queued, running = make(store, 2)
+    elsewhere = Job(id="other-endpoint", endpoint="c/d", input={})
+    store.create(elsewhere)
+    _sql(store, f"UPDATE jobs SET created_at = 0 WHERE id = '{running.id}'")
+    store.claim_batch("a/b", "w", by_key, 1, lease_s=60)
+    error = {"status_code": 503, "detail": "run `fal-onprem weights pull`", "error_type": "pipeline_unavailable"}
+    assert store.fail_queued("a/b", error) == [queued.id]
+    failed = store.get(queued.id)
+    assert failed is not None and failed.status == "COMPLETED" and failed.error == error
+    assert store.get(running.id).status == "IN_PROGRESS" and store.get(elsewhere.id).status == "IN_QUEUE"
+    assert _stats(store) == [("a/b", "pipeline_unavailable", 1)]
+
+
+def _stats(store: JobStore) -> list[tuple]:
+    return sorted(tuple(r.values()) if isinstance(r, dict) else tuple(r) for r in store.completed_stats())
+
+
+def test_old_finished_jobs_are_purged_and_metrics_keep_counting_them(store: JobStore, clock: FakeClock) -> None:
+    ok, failed, hooked, running = make(store, 4)
+    _sql(store, f"UPDATE jobs SET webhook_url = 'https://hook.example/x' WHERE id = '{hooked.id}'")
+    store.claim_batch("a/b", "w", by_key, 4, lease_s=60)
+    store.append_log(ok.id, LogEntry("hello"))
+    store.complete(ok.id, result={"x": 1}, metrics={"queue_time": 0.2, "inference_time": 1.5, "batch_size": 3})
+    store.complete(failed.id, error={"status_code": 422, "detail": "no", "error_type": "image_load_error"})
+    store.complete(hooked.id, result={"x": 2})
+    buckets = HISTOGRAM_BUCKETS["inference_time"]
+    before_stats, before_hist = _stats(store), store.metric_histogram("inference_time", buckets)
+    assert before_stats == [("a/b", "", 2), ("a/b", "image_load_error", 1)]
+    assert before_hist == [("a/b", [0] * buckets.index(2.5) + [1] * (len(buckets) - buckets.index(2.5)), 1.5, 1)]
+
+    assert store.purge_finished(clock() - 3600) == 0  # younger than the TTL: kept
+    assert store.purge_finished(clock() + 1) == 2  # the webhook owed for `hooked` keeps it
+    assert store.get(ok.id) is None and store.get(failed.id) is None and store.logs(ok.id) == []
+    assert store.get(hooked.id) is not None and store.get(running.id) is not None  # unfinished: never purged
+    assert _stats(store) == before_stats  # counters, not a scan
+    assert store.metric_histogram("inference_time", buckets) == before_hist
+
+
+def test_counters_count_every_way_a_job_completes(store: JobStore, clock: FakeClock) -> None:
+    cancelled, late, done = make(store, 3)
+    _sql(store, f"UPDATE jobs SET start_deadline = 0 WHERE id = '{late.id}'")
+    store.request_cancel(cancelled.id)
+    store.expire_deadlines()
+    store.claim_batch("a/b", "w", by_key, 1, lease_s=60)
+    store.complete(done.id, result={}, metrics={"batch_size": 1})
+    assert _stats(store) == [("a/b", "", 1), ("a/b", "request_cancelled", 1), ("a/b", "request_timeout", 1)]
+    assert store.metric_histogram("batch_size", HISTOGRAM_BUCKETS["batch_size"]) == [("a/b", [1] * 7, 1.0, 1)]
+
+
+def test_a_store_made_before_counters_is_counted_once(store: JobStore, store_url: str, clock: FakeClock) -> None:
+    (job,) = make(store, 1)
+    store.claim_batch("a/b", "w", by_key, 1, lease_s=60)
+    store.complete(job.id, result={}, metrics={"batch_size": 1})
+    _sql(store, "DELETE FROM store_meta")  # as a store from before the counters
+    _sql(store, "UPDATE completed_counts SET n = 99")
+    if isinstance(store, SQLiteJobStore):
+        reopened: JobStore = SQLiteJobStore(store_url.removeprefix("sqlite:///"), clock=clock)
+    else:
+        reopened = PostgresJobStore(store_url, clock=clock)
+    try:
+        assert _stats(reopened) == [("a/b", "", 1)]
+        assert reopened.metric_histogram("batch_size", HISTOGRAM_BUCKETS["batch_size"])[0][3] == 1
+    finally:
+        reopened.close()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from server.store.base import Job, JobStore, LogEntry, PipelineState
+from server.store.base import Completion, Job, JobStore, LogEntry, PipelineState
 from server.store.sqlite import SQLiteJobStore
 
-__all__ = ["Job", "JobStore", "LogEntry", "PipelineState", "SQLiteJobStore", "open_store"]
+__all__ = ["Completion", "Job", "JobStore", "LogEntry", "PipelineState", "SQLiteJobStore", "open_store"]
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -69,6 +69,40 @@ class WebhookDelivery:
     delivered_at: float | None = None
 
 
+JOB_INSERT_COLUMNS = (
+    "id, endpoint, input, status, priority, priority_rank, key_id, base_url, created_at, start_deadline, "
+    "webhook_url, metrics"
+)
+
+
+def job_insert_values(job: Job, as_json: Callable[[Any], Any]) -> tuple[Any, ...]:
+    """A new job's values in ``JOB_INSERT_COLUMNS`` order; ``as_json`` wraps its JSON fields for the driver."""
+    return (
+        job.id,
+        job.endpoint,
+        as_json(job.input),
+        job.status,
+        job.priority,
+        PRIORITY_RANK[job.priority],
+        job.key_id,
+        job.base_url,
+        job.created_at,
+        job.start_deadline,
+        job.webhook_url,
+        as_json(job.metrics),
+    )
+
+
+@dataclass
+class Completion:
+    """How one running job ended: a result or an error (``complete_many`` writes several at once)."""
+
+    job_id: str
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class PipelineState:
     endpoint: str
@@ -94,9 +128,19 @@ class JobStore(Protocol):
     """Safe for concurrent use by the API process and several worker processes."""
 
     events: Notifier  # publishes server.store.notify's channels after each relevant commit
+    # True when reads answer from this host without waiting on the network or on a writer (SQLite in WAL
+    # mode): the API may then read, and ``try_create``, on its event loop instead of in a thread.
+    local: bool
+    # What this store raises while its database is unreachable or busy (a restart, a failover, a long lock):
+    # worth retrying, not a bug (server.store.retrying; the API answers them with a 503).
+    transient_errors: tuple[type[Exception], ...]
 
     # -- API side
     def create(self, job: Job) -> None: ...
+    def try_create(self, job: Job) -> bool:
+        """``create`` only if that needs no waiting (the database's write lock is free); False otherwise."""
+        ...
+
     def get(self, job_id: str) -> Job | None: ...
     def queue_position(self, job: Job) -> int: ...
     def request_cancel(self, job_id: str) -> CancelOutcome: ...
@@ -116,12 +160,18 @@ class JobStore(Protocol):
         max_running_per_key: int | None = None,
     ) -> list[Job]: ...
     def queued_ids(self, endpoint: str, limit: int) -> list[str]: ...
-    def oldest_queued(self, endpoint: str) -> tuple[float | None, int]: ...
+    def queue_heads(self) -> dict[str, tuple[float, int]]:
+        """Per endpoint with queued jobs: (created_at of its oldest queued job, how many are queued)."""
+        ...
+
     def start(self, job_ids: list[str], worker_id: str) -> list[str]: ...
     def release(self, job_ids: list[str], worker_id: str) -> None: ...
     def heartbeat(self, job_ids: list[str], lease_s: float, worker_id: str | None = None) -> None: ...
     def append_log(self, job_id: str, entry: LogEntry) -> None: ...
-    def append_logs(self, job_ids: list[str], entry: LogEntry) -> None: ...
+    def append_logs(self, entries: list[tuple[str, LogEntry]]) -> None:
+        """Log lines of any jobs, (job id, entry) in order, in one transaction."""
+        ...
+
     def is_cancel_requested(self, job_ids: list[str]) -> set[str]: ...
     def complete(
         self,
@@ -131,7 +181,19 @@ class JobStore(Protocol):
         error: dict[str, Any] | None = None,
         metrics: dict[str, Any] | None = None,
         worker_id: str | None = None,
-    ) -> bool: ...
+    ) -> bool:
+        """``complete_many`` of one job: True when it was completed now."""
+        ...
+
+    def complete_many(
+        self, completions: list[Completion], worker_id: str | None = None, logs: Sequence[tuple[str, LogEntry]] = ()
+    ) -> list[str]:
+        """Finish running jobs and owe their webhooks, with ``logs`` (written first), in one transaction.
+
+        A job no longer IN_PROGRESS (or, given ``worker_id``, no longer that worker's: a stalled worker must
+        not overwrite the run that replaced it) is left alone. Returns the ids completed now."""
+        ...
+
     def expire_deadlines(self, now: float | None = None) -> list[str]: ...
     def recover_expired_leases(self, max_attempts: int, now: float | None = None) -> list[str]: ...
     def fail_queued(self, endpoint: str, error: dict[str, Any]) -> list[str]:

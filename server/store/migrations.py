@@ -107,6 +107,66 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        3,
+        "metrics counters kept by a completion trigger (scrapes no longer scan jobs; purged jobs stay counted)",
+        """
+        CREATE TABLE completed_counts (
+            endpoint TEXT NOT NULL,
+            error_type TEXT NOT NULL,
+            n BIGINT NOT NULL,
+            PRIMARY KEY (endpoint, error_type)
+        );
+        CREATE TABLE histogram_buckets (name TEXT NOT NULL, le DOUBLE PRECISION NOT NULL, PRIMARY KEY (name, le));
+        CREATE TABLE histogram_counts (
+            name TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            le DOUBLE PRECISION NOT NULL,
+            n BIGINT NOT NULL,
+            PRIMARY KEY (name, endpoint, le)
+        );
+        CREATE TABLE histogram_sums (
+            name TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            total DOUBLE PRECISION NOT NULL,
+            n BIGINT NOT NULL,
+            PRIMARY KEY (name, endpoint)
+        );
+        CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        -- One statement-level trigger: the jobs a statement completed are counted in one INSERT per table,
+        -- in key order, so concurrent completing transactions lock counter rows in one global order (no
+        -- deadlocks between a worker's complete and a janitor's multi-job update).
+        CREATE FUNCTION fal_onprem_count_completed() RETURNS trigger LANGUAGE plpgsql AS $fn$
+        BEGIN
+            INSERT INTO completed_counts AS c (endpoint, error_type, n)
+            SELECT n.endpoint, COALESCE(n.error->>'error_type', ''), COUNT(*)
+            FROM new_rows n JOIN old_rows o ON o.id = n.id
+            WHERE n.status = 'COMPLETED' AND o.status <> 'COMPLETED'
+            GROUP BY 1, 2 ORDER BY 1, 2
+            ON CONFLICT (endpoint, error_type) DO UPDATE SET n = c.n + EXCLUDED.n;
+
+            INSERT INTO histogram_sums AS s (name, endpoint, total, n)
+            SELECT b.name, n.endpoint, SUM((n.metrics->>b.name)::float8), COUNT(*)
+            FROM new_rows n JOIN old_rows o ON o.id = n.id, (SELECT DISTINCT name FROM histogram_buckets) b
+            WHERE n.status = 'COMPLETED' AND o.status <> 'COMPLETED' AND jsonb_typeof(n.metrics->b.name) = 'number'
+            GROUP BY 1, 2 ORDER BY 1, 2
+            ON CONFLICT (name, endpoint) DO UPDATE SET total = s.total + EXCLUDED.total, n = s.n + EXCLUDED.n;
+
+            INSERT INTO histogram_counts AS h (name, endpoint, le, n)
+            SELECT b.name, n.endpoint, b.le, COUNT(*)
+            FROM new_rows n JOIN old_rows o ON o.id = n.id, histogram_buckets b
+            WHERE n.status = 'COMPLETED' AND o.status <> 'COMPLETED' AND jsonb_typeof(n.metrics->b.name) = 'number'
+                AND (n.metrics->>b.name)::float8 <= b.le
+            GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+            ON CONFLICT (name, endpoint, le) DO UPDATE SET n = h.n + EXCLUDED.n;
+            RETURN NULL;
+        END
+        $fn$;
+        CREATE TRIGGER jobs_completed_counters AFTER UPDATE ON jobs
+            REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION fal_onprem_count_completed();
+        """,
+    ),
 ]
 
 

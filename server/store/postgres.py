@@ -12,23 +12,27 @@ advisory lock so that replicas starting together apply each migration once.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Literal
 
 from server.store.base import (
     CANCELLED_ERROR,
+    HISTOGRAM_BUCKETS,
+    JOB_INSERT_COLUMNS,
     PRIORITY_RANK,
     TIMEOUT_ERROR,
     CancelOutcome,
+    Completion,
     Job,
     LogEntry,
     PipelineState,
     WebhookDelivery,
     head_batch,
+    job_insert_values,
     runner_disconnected_error,
     within_key_cap,
 )
-from server.store.migrations import upgrade
+from server.store.migrations import ADVISORY_LOCK, upgrade
 from server.store.notify import DONE, JOBS, LOG, QUEUE, STARTED, WEBHOOK
 from server.store.pg_notify import PostgresNotifier, pg_channel
 
@@ -91,6 +95,21 @@ def _finished(conn: Any, ids: list[str], now: float) -> list[tuple[str, str]]:
     return [(JOBS, f"{i} {DONE}") for i in ids] + [(JOBS, f"{i} {WEBHOOK}") for i in owed]
 
 
+def _insert_logs(conn: Any, entries: Sequence[tuple[str, LogEntry]]) -> None:
+    if entries:
+        conn.execute(
+            "INSERT INTO logs (job_id, message, level, source, timestamp) "
+            "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::float8[])",
+            (
+                [j for j, _ in entries],
+                [e.message for _, e in entries],
+                [e.level for _, e in entries],
+                [e.source for _, e in entries],
+                [e.timestamp for _, e in entries],
+            ),
+        )
+
+
 def _notify(conn: Any, notes: list[tuple[str, str]]) -> None:
     """NOTIFY inside the transaction: delivered when it commits, never for a rolled-back change."""
     if notes:
@@ -100,13 +119,52 @@ def _notify(conn: Any, notes: list[tuple[str, str]]) -> None:
         )
 
 
+def _recover(conn: Any, rows: list[dict[str, Any]], max_attempts: int, now: float, unstarted_free: bool) -> None:
+    """Re-queue the given (locked) IN_PROGRESS jobs of a dead worker while attempts remain, else fail them;
+    with ``unstarted_free`` a claimed job that never started is re-queued whatever its attempts. Notifies."""
+    from psycopg.types.json import Jsonb
+
+    def retry(r: dict[str, Any]) -> bool:
+        return r["attempts"] < max_attempts or (unstarted_free and r["started_at"] is None)
+
+    requeue = [r["id"] for r in rows if retry(r)]
+    give_up = [r["id"] for r in rows if not retry(r)]
+    if requeue:
+        conn.execute(
+            "UPDATE jobs SET status = 'IN_QUEUE', worker_id = NULL, lease_until = NULL, started_at = NULL "
+            "WHERE id = ANY(%s)",
+            (requeue,),
+        )
+    if give_up:
+        conn.execute(
+            "UPDATE jobs SET status = 'COMPLETED', finished_at = %s, error = %s, lease_until = NULL WHERE id = ANY(%s)",
+            (now, Jsonb(runner_disconnected_error(max_attempts)), give_up),
+        )
+    endpoints = dict.fromkeys(r["endpoint"] for r in rows if retry(r))
+    _notify(conn, [(QUEUE, e) for e in endpoints] + _finished(conn, give_up, now))
+
+
+# How long a call waits for a connection while the database is unreachable before it raises (the API then
+# answers 503 with Retry-After; a worker retries): about a restart's length, far below a client's timeout.
+POOL_TIMEOUT_S = 5.0
+# The pool's reconnect attempts back off (1, 2, 4 s ...) for this long, then give up until the next call:
+# so the first attempt after the database is back is at most a few seconds away, whatever the outage.
+POOL_RECONNECT_S = 10.0
+
+
 class PostgresJobStore:
+    local = False  # every call is a network round trip: the API calls it from threads
+    transient_errors: tuple[type[Exception], ...] = ()  # set in __init__ (psycopg is imported lazily)
+
     def __init__(
         self, url: str, *, min_size: int = 1, max_size: int = 8, clock: Callable[[], float] = time.time
     ) -> None:
         """``clock`` (wall-clock seconds) stamps leases, deadlines and webhooks; tests pass a fake one."""
+        import psycopg
         from psycopg.rows import dict_row
         from psycopg_pool import ConnectionPool
+
+        self.transient_errors = (psycopg.OperationalError,)  # lost connections, shutdowns, pool timeouts
 
         self.url = url
         self.clock = clock
@@ -119,10 +177,13 @@ class PostgresJobStore:
             max_size=max_size,
             kwargs={"row_factory": dict_row},
             check=ConnectionPool.check_connection,
+            timeout=POOL_TIMEOUT_S,
+            reconnect_timeout=POOL_RECONNECT_S,
             open=True,
             name="fal-onprem",
         )
         self.events = PostgresNotifier(url, self.pool)
+        self._init_counters()
 
     @classmethod
     def from_url(cls, url: str) -> PostgresJobStore:
@@ -146,24 +207,13 @@ class PostgresJobStore:
 
         with self.pool.connection() as conn:
             conn.execute(
-                "INSERT INTO jobs (id, endpoint, input, status, priority, priority_rank, key_id, base_url, "
-                "created_at, start_deadline, webhook_url, metrics) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-                (
-                    job.id,
-                    job.endpoint,
-                    Jsonb(job.input),
-                    job.status,
-                    job.priority,
-                    PRIORITY_RANK[job.priority],
-                    job.key_id,
-                    job.base_url,
-                    job.created_at,
-                    job.start_deadline,
-                    job.webhook_url,
-                    Jsonb(job.metrics),
-                ),
+                f"INSERT INTO jobs ({JOB_INSERT_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                job_insert_values(job, Jsonb),
             )
             _notify(conn, [(QUEUE, job.endpoint)])
+
+    def try_create(self, job: Job) -> bool:
+        return False  # never without waiting (local is False: the API does not call this)
 
     def get(self, job_id: str) -> Job | None:
         row = self._one(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = %s", (job_id,))
@@ -217,22 +267,69 @@ class PostgresJobStore:
             for r in rows
         ]
 
+    def _init_counters(self) -> None:
+        """Register the histogram buckets; a database that has jobs from before the counters (migration 3)
+        is counted once from them, with completions held off meanwhile (SHARE lock on jobs)."""
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK,))
+            conn.cursor().executemany(
+                "INSERT INTO histogram_buckets (name, le) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                [(name, float(le)) for name, buckets in HISTOGRAM_BUCKETS.items() for le in buckets],
+            )
+            if conn.execute("SELECT 1 FROM store_meta WHERE key = 'counters'").fetchone():
+                return
+            conn.execute("LOCK TABLE jobs IN SHARE MODE")
+            conn.execute("DELETE FROM completed_counts; DELETE FROM histogram_sums; DELETE FROM histogram_counts")
+            conn.execute(
+                "INSERT INTO completed_counts (endpoint, error_type, n) SELECT endpoint, "
+                "COALESCE(error->>'error_type', ''), COUNT(*) FROM jobs WHERE status = 'COMPLETED' GROUP BY 1, 2"
+            )
+            conn.execute(
+                "INSERT INTO histogram_sums (name, endpoint, total, n) SELECT b.name, j.endpoint, "
+                "SUM((j.metrics->>b.name)::float8), COUNT(*) FROM jobs j, (SELECT DISTINCT name FROM "
+                "histogram_buckets) b WHERE j.status = 'COMPLETED' AND jsonb_typeof(j.metrics->b.name) = 'number' "
+                "GROUP BY 1, 2"
+            )
+            conn.execute(
+                "INSERT INTO histogram_counts (name, endpoint, le, n) SELECT b.name, j.endpoint, b.le, COUNT(*) "
+                "FROM jobs j, histogram_buckets b WHERE j.status = 'COMPLETED' "
+                "AND jsonb_typeof(j.metrics->b.name) = 'number' AND (j.metrics->>b.name)::float8 <= b.le "
+                "GROUP BY 1, 2, 3"
+            )
+            conn.execute("INSERT INTO store_meta (key, value) VALUES ('counters', '1')")
+
     def completed_stats(self) -> list[dict[str, Any]]:
-        return self._rows(
-            "SELECT endpoint, COALESCE(error->>'error_type', '') AS error_type, COUNT(*) AS n FROM jobs "
-            "WHERE status = 'COMPLETED' GROUP BY endpoint, error_type"
-        )
+        """Per-endpoint counts of finished jobs by error type ('' = success), from counters."""
+        return self._rows("SELECT endpoint, error_type, n FROM completed_counts")
 
     def metric_histogram(self, name: str, buckets: tuple[float, ...]) -> list[tuple[str, list[int], float, int]]:
-        cases = ", ".join(f"SUM(CASE WHEN v <= {float(b)!r} THEN 1 ELSE 0 END)" for b in buckets)
-        with self.pool.connection() as conn:
-            cur = conn.cursor(row_factory=lambda c: tuple)  # positional rows
-            rows = cur.execute(
-                f"SELECT endpoint, {cases}, SUM(v), COUNT(v) FROM (SELECT endpoint, (metrics->>%s)::float8 AS v "
-                "FROM jobs WHERE status = 'COMPLETED') m WHERE v IS NOT NULL GROUP BY endpoint",
-                (name,),
-            ).fetchall()
-        return [(r[0], [int(c or 0) for c in r[1 : 1 + len(buckets)]], float(r[-2] or 0), int(r[-1])) for r in rows]
+        """See ``JobStore.metric_histogram`` (counters; ``buckets`` must be ``HISTOGRAM_BUCKETS[name]``)."""
+        counts = {
+            (r["endpoint"], float(r["le"])): int(r["n"])
+            for r in self._rows("SELECT endpoint, le, n FROM histogram_counts WHERE name = %s", (name,))
+        }
+        return [
+            (r["endpoint"], [counts.get((r["endpoint"], float(b)), 0) for b in buckets], float(r["total"]), int(r["n"]))
+            for r in self._rows("SELECT endpoint, total, n FROM histogram_sums WHERE name = %s", (name,))
+        ]
+
+    def purge_finished(self, finished_before: float, limit: int = 1000) -> int:
+        """See ``JobStore.purge_finished``."""
+        with self.pool.connection() as conn, conn.transaction():
+            ids = [
+                r["id"]
+                for r in conn.execute(
+                    "SELECT id FROM jobs WHERE status = 'COMPLETED' AND finished_at < %s AND NOT EXISTS "
+                    "(SELECT 1 FROM webhooks w WHERE w.job_id = jobs.id AND w.state = 'pending') "
+                    "LIMIT %s FOR UPDATE SKIP LOCKED",
+                    (finished_before, limit),
+                )
+            ]
+            if ids:
+                conn.execute("DELETE FROM logs WHERE job_id = ANY(%s)", (ids,))
+                conn.execute("DELETE FROM webhooks WHERE job_id = ANY(%s)", (ids,))
+                conn.execute("DELETE FROM jobs WHERE id = ANY(%s)", (ids,))
+        return len(ids)
 
     def set_worker_stats(self, worker_id: str, device: str, allocated: int | None, reserved: int | None) -> None:
         with self.pool.connection() as conn:
@@ -293,13 +390,12 @@ class PostgresJobStore:
         )
         return [r["id"] for r in rows]
 
-    def oldest_queued(self, endpoint: str) -> tuple[float | None, int]:
-        row = self._one(
-            "SELECT MIN(created_at) AS oldest, COUNT(*) AS n FROM jobs WHERE endpoint = %s AND status = 'IN_QUEUE'",
-            (endpoint,),
+    def queue_heads(self) -> dict[str, tuple[float, int]]:
+        rows = self._rows(
+            "SELECT endpoint, MIN(created_at) AS oldest, COUNT(*) AS n FROM jobs WHERE status = 'IN_QUEUE' "
+            "GROUP BY endpoint"
         )
-        assert row is not None
-        return row["oldest"], int(row["n"])
+        return {r["endpoint"]: (r["oldest"], int(r["n"])) for r in rows}
 
     def claim_batch(
         self,
@@ -391,19 +487,14 @@ class PostgresJobStore:
             )
 
     def append_log(self, job_id: str, entry: LogEntry) -> None:
-        self.append_logs([job_id], entry)
+        self.append_logs([(job_id, entry)])
 
-    def append_logs(self, job_ids: list[str], entry: LogEntry) -> None:
-        """The same line for several jobs (a batch-wide message), in one transaction."""
-        if not job_ids:
+    def append_logs(self, entries: list[tuple[str, LogEntry]]) -> None:
+        if not entries:
             return
         with self.pool.connection() as conn, conn.transaction():
-            conn.execute(
-                "INSERT INTO logs (job_id, message, level, source, timestamp) "
-                "SELECT unnest(%s::text[]), %s, %s, %s, %s",
-                (job_ids, entry.message, entry.level, entry.source, entry.timestamp),
-            )
-            _notify(conn, [(JOBS, f"{job_id} {LOG}") for job_id in job_ids])
+            _insert_logs(conn, entries)
+            _notify(conn, [(JOBS, f"{job_id} {LOG}") for job_id in dict.fromkeys(j for j, _ in entries)])
 
     def is_cancel_requested(self, job_ids: list[str]) -> set[str]:
         if not job_ids:
@@ -420,38 +511,52 @@ class PostgresJobStore:
         metrics: dict[str, Any] | None = None,
         worker_id: str | None = None,
     ) -> bool:
-        """Finish a running job (of ``worker_id`` when given) and owe its webhook, in one transaction."""
+        return bool(self.complete_many([Completion(job_id, result, error, metrics or {})], worker_id))
+
+    def complete_many(
+        self, completions: list[Completion], worker_id: str | None = None, logs: Sequence[tuple[str, LogEntry]] = ()
+    ) -> list[str]:
+        """See ``JobStore.complete_many``: one UPDATE for all of them."""
         from psycopg.types.json import Jsonb
 
         now = self.clock()
         with self.pool.connection() as conn, conn.transaction():
-            cur = conn.execute(
-                "UPDATE jobs SET status = 'COMPLETED', finished_at = %s, result = %s, error = %s, metrics = %s, "
-                "lease_until = NULL WHERE id = %s AND status = 'IN_PROGRESS' AND (%s::text IS NULL OR worker_id = %s)",
+            _insert_logs(conn, logs)
+            rows = conn.execute(
+                "UPDATE jobs SET status = 'COMPLETED', finished_at = %s, result = c.result, error = c.error, "
+                "metrics = c.metrics, lease_until = NULL FROM unnest(%s::text[], %s::jsonb[], %s::jsonb[], "
+                "%s::jsonb[]) AS c(id, result, error, metrics) WHERE jobs.id = c.id AND jobs.status = 'IN_PROGRESS' "
+                "AND (%s::text IS NULL OR jobs.worker_id = %s) RETURNING jobs.id",
                 (
                     now,
-                    None if result is None else Jsonb(result),
-                    None if error is None else Jsonb(error),
-                    Jsonb(metrics or {}),
-                    job_id,
+                    [c.job_id for c in completions],
+                    [None if c.result is None else Jsonb(c.result) for c in completions],
+                    [None if c.error is None else Jsonb(c.error) for c in completions],
+                    [Jsonb(c.metrics) for c in completions],
                     worker_id,
                     worker_id,
                 ),
-            )
-            if cur.rowcount != 1:
-                return False
-            _notify(conn, _finished(conn, [job_id], now))
-            return True
+            ).fetchall()
+            done = {r["id"] for r in rows}
+            logged = dict.fromkeys(job_id for job_id, _ in logs if job_id not in done)
+            _notify(conn, _finished(conn, sorted(done), now) + [(JOBS, f"{j} {LOG}") for j in logged])
+        return [c.job_id for c in completions if c.job_id in done]
 
     def expire_deadlines(self, now: float | None = None) -> list[str]:
+        return self._fail_queued_where(
+            "attempts = 0 AND start_deadline IS NOT NULL AND start_deadline < %s", TIMEOUT_ERROR, now, now=now
+        )
+
+    def _fail_queued_where(self, condition: str, error: dict[str, Any], *params: Any, now: float | None) -> list[str]:
+        """Complete the queued jobs matching ``condition`` with ``error``, owing their webhooks."""
         from psycopg.types.json import Jsonb
 
         now = self.clock() if now is None else now
         with self.pool.connection() as conn, conn.transaction():
             rows = conn.execute(
-                "UPDATE jobs SET status = 'COMPLETED', finished_at = %s, error = %s WHERE status = 'IN_QUEUE' "
-                "AND attempts = 0 AND start_deadline IS NOT NULL AND start_deadline < %s RETURNING id",
-                (now, Jsonb(TIMEOUT_ERROR), now),
+                "UPDATE jobs SET status = 'COMPLETED', finished_at = %s, error = %s "
+                f"WHERE status = 'IN_QUEUE' AND {condition} RETURNING id",
+                (now, Jsonb(error), *params),
             ).fetchall()
             ids = [r["id"] for r in rows]
             _notify(conn, _finished(conn, ids, now))
@@ -459,32 +564,32 @@ class PostgresJobStore:
 
     def recover_expired_leases(self, max_attempts: int, now: float | None = None) -> list[str]:
         """Jobs of a dead worker (lease expired): re-queue if attempts remain, else fail them."""
-        from psycopg.types.json import Jsonb
-
         now = self.clock() if now is None else now
         with self.pool.connection() as conn, conn.transaction():
             rows = conn.execute(
-                "SELECT id, endpoint, attempts FROM jobs WHERE status = 'IN_PROGRESS' AND lease_until < %s "
-                "FOR UPDATE SKIP LOCKED",
+                "SELECT id, endpoint, attempts, started_at FROM jobs WHERE status = 'IN_PROGRESS' "
+                "AND lease_until < %s FOR UPDATE SKIP LOCKED",
                 (now,),
             ).fetchall()
-            retry = [r["id"] for r in rows if r["attempts"] < max_attempts]
-            give_up = [r["id"] for r in rows if r["attempts"] >= max_attempts]
-            if retry:
-                conn.execute(
-                    "UPDATE jobs SET status = 'IN_QUEUE', worker_id = NULL, lease_until = NULL, started_at = NULL "
-                    "WHERE id = ANY(%s)",
-                    (retry,),
-                )
-            if give_up:
-                conn.execute(
-                    "UPDATE jobs SET status = 'COMPLETED', finished_at = %s, error = %s, lease_until = NULL "
-                    "WHERE id = ANY(%s)",
-                    (now, Jsonb(runner_disconnected_error(max_attempts)), give_up),
-                )
-            requeued = dict.fromkeys(r["endpoint"] for r in rows if r["attempts"] < max_attempts)
-            _notify(conn, [(QUEUE, e) for e in requeued] + _finished(conn, give_up, now))
+            _recover(conn, rows, max_attempts, now, unstarted_free=False)
         return [r["id"] for r in rows]
+
+    def release_dead_worker(self, worker_id: str, max_attempts: int) -> list[str]:
+        """See ``JobStore.release_dead_worker``: a dead worker's jobs are recovered now, not after the lease."""
+        now = self.clock()
+        with self.pool.connection() as conn, conn.transaction():
+            rows = conn.execute(
+                "SELECT id, endpoint, attempts, started_at FROM jobs WHERE status = 'IN_PROGRESS' "
+                "AND worker_id = %s FOR UPDATE",
+                (worker_id,),
+            ).fetchall()
+            _recover(conn, rows, max_attempts, now, unstarted_free=True)
+            conn.execute("DELETE FROM pipeline_states WHERE worker_id = %s", (worker_id,))
+        return [r["id"] for r in rows]
+
+    def fail_queued(self, endpoint: str, error: dict[str, Any]) -> list[str]:
+        """See ``JobStore.fail_queued``."""
+        return self._fail_queued_where("endpoint = %s", error, endpoint, now=None)
 
     def set_pipeline_state(self, state: PipelineState) -> None:
         with self.pool.connection() as conn:

@@ -11,7 +11,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -19,14 +19,17 @@ from typing import Any, Literal
 from server.store.base import (
     CANCELLED_ERROR,
     HISTOGRAM_BUCKETS,
+    JOB_INSERT_COLUMNS,
     PRIORITY_RANK,
     TIMEOUT_ERROR,
     CancelOutcome,
+    Completion,
     Job,
     LogEntry,
     PipelineState,
     WebhookDelivery,
     head_batch,
+    job_insert_values,
     runner_disconnected_error,
     within_key_cap,
 )
@@ -57,6 +60,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (endpoint, status, priority_rank, created_at);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, lease_until);
+CREATE INDEX IF NOT EXISTS jobs_heads ON jobs (endpoint, created_at) WHERE status = 'IN_QUEUE';
 CREATE TABLE IF NOT EXISTS logs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id TEXT NOT NULL,
@@ -173,6 +177,18 @@ def _loads(value: str | None) -> Any:
     return None if value is None else json.loads(value)
 
 
+def _insert_job(db: sqlite3.Connection, job: Job) -> None:
+    values = job_insert_values(job, json.dumps)
+    db.execute(f"INSERT INTO jobs ({JOB_INSERT_COLUMNS}) VALUES ({','.join('?' * len(values))})", values)
+
+
+def _insert_logs(db: sqlite3.Connection, entries: Sequence[tuple[str, LogEntry]]) -> None:
+    db.executemany(
+        "INSERT INTO logs (job_id, message, level, source, timestamp) VALUES (?,?,?,?,?)",
+        [(job_id, e.message, e.level, e.source, e.timestamp) for job_id, e in entries],
+    )
+
+
 def _enqueue_webhook(db: sqlite3.Connection, job_id: str, now: float) -> list[tuple[str, str]]:
     """Owe a webhook for a job that just completed: call inside the completing transaction.
 
@@ -254,6 +270,9 @@ def _row_to_job(row: sqlite3.Row) -> Job:
 
 
 class SQLiteJobStore:
+    local = True
+    transient_errors: tuple[type[Exception], ...] = (sqlite3.OperationalError,)  # "database is locked"
+
     def __init__(self, path: Path | str, clock: Callable[[], float] = time.time) -> None:
         """``clock`` (wall-clock seconds) stamps leases, deadlines and webhooks; tests pass a fake one."""
         self.path = Path(path)
@@ -316,25 +335,31 @@ class SQLiteJobStore:
     # -- API side
     def create(self, job: Job) -> None:
         with self._write() as db:
-            db.execute(
-                "INSERT INTO jobs (id, endpoint, input, status, priority, priority_rank, key_id, base_url, "
-                "created_at, start_deadline, webhook_url, metrics) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    job.id,
-                    job.endpoint,
-                    json.dumps(job.input),
-                    job.status,
-                    job.priority,
-                    PRIORITY_RANK[job.priority],
-                    job.key_id,
-                    job.base_url,
-                    job.created_at,
-                    job.start_deadline,
-                    job.webhook_url,
-                    json.dumps(job.metrics),
-                ),
-            )
+            _insert_job(db, job)
         self.events.publish(QUEUE, job.endpoint)
+
+    def try_create(self, job: Job) -> bool:
+        if not self._write_lock.acquire(blocking=False):
+            return False
+        try:
+            db = self._db()
+            db.execute("PRAGMA busy_timeout=0")  # another process holding the database: SQLITE_BUSY at once
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:
+                return False
+            finally:
+                db.execute("PRAGMA busy_timeout=30000")
+            try:
+                _insert_job(db, job)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            self._write_lock.release()
+        self.events.publish(QUEUE, job.endpoint)
+        return True
 
     def get(self, job_id: str) -> Job | None:
         row = self._db().execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -519,16 +544,16 @@ class SQLiteJobStore:
         return [(endpoint, *value) for endpoint, value in sorted(merged.items())]
 
     # -- worker side
-    def oldest_queued(self, endpoint: str) -> tuple[float | None, int]:
-        row = (
+    def queue_heads(self) -> dict[str, tuple[float, int]]:
+        rows = (
             self._db()
             .execute(
-                "SELECT MIN(created_at) AS oldest, COUNT(*) AS n FROM jobs WHERE endpoint = ? AND status = 'IN_QUEUE'",
-                (endpoint,),
+                "SELECT endpoint, MIN(created_at) AS oldest, COUNT(*) AS n FROM jobs WHERE status = 'IN_QUEUE' "
+                "GROUP BY endpoint"
             )
-            .fetchone()
+            .fetchall()
         )
-        return row["oldest"], int(row["n"])
+        return {r["endpoint"]: (r["oldest"], int(r["n"])) for r in rows}
 
     def claim_batch(
         self,
@@ -656,16 +681,14 @@ class SQLiteJobStore:
             )
 
     def append_log(self, job_id: str, entry: LogEntry) -> None:
-        self.append_logs([job_id], entry)
+        self.append_logs([(job_id, entry)])
 
-    def append_logs(self, job_ids: list[str], entry: LogEntry) -> None:
-        """One line for several jobs (a batch-wide message) in one transaction."""
+    def append_logs(self, entries: list[tuple[str, LogEntry]]) -> None:
+        if not entries:
+            return
         with self._write() as db:
-            db.executemany(
-                "INSERT INTO logs (job_id, message, level, source, timestamp) VALUES (?,?,?,?,?)",
-                [(job_id, entry.message, entry.level, entry.source, entry.timestamp) for job_id in job_ids],
-            )
-        self._publish([(JOBS, f"{job_id} {LOG}") for job_id in job_ids])
+            _insert_logs(db, entries)
+        self._publish([(JOBS, f"{job_id} {LOG}") for job_id, _ in entries])
 
     def is_cancel_requested(self, job_ids: list[str]) -> set[str]:
         if not job_ids:
@@ -687,28 +710,39 @@ class SQLiteJobStore:
         metrics: dict[str, Any] | None = None,
         worker_id: str | None = None,
     ) -> bool:
-        """Finish a running job; False when it was no longer IN_PROGRESS (or, given ``worker_id``, no
-        longer that worker's: a stalled worker must not overwrite the run that replaced it)."""
+        return bool(self.complete_many([Completion(job_id, result, error, metrics or {})], worker_id))
+
+    def complete_many(
+        self, completions: list[Completion], worker_id: str | None = None, logs: Sequence[tuple[str, LogEntry]] = ()
+    ) -> list[str]:
+        """See ``JobStore.complete_many``."""
         now = self.clock()
         owner = "" if worker_id is None else " AND worker_id = ?"
+        done: list[str] = []
+        notes: list[tuple[str, str]] = []
         with self._write() as db:
-            cur = db.execute(
-                "UPDATE jobs SET status = 'COMPLETED', finished_at = ?, result = ?, error = ?, metrics = ?, "
-                f"lease_until = NULL WHERE id = ? AND status = 'IN_PROGRESS'{owner}",
-                (
-                    now,
-                    None if result is None else json.dumps(result),
-                    None if error is None else json.dumps(error),
-                    json.dumps(metrics or {}),
-                    job_id,
-                    *([] if worker_id is None else [worker_id]),
-                ),
-            )
-            if cur.rowcount != 1:
-                return False
-            notes = _enqueue_webhook(db, job_id, now)
+            _insert_logs(db, logs)
+            for c in completions:
+                row = db.execute(
+                    "UPDATE jobs SET status = 'COMPLETED', finished_at = ?, result = ?, error = ?, metrics = ?, "
+                    f"lease_until = NULL WHERE id = ? AND status = 'IN_PROGRESS'{owner} RETURNING webhook_url",
+                    (
+                        now,
+                        None if c.result is None else json.dumps(c.result),
+                        None if c.error is None else json.dumps(c.error),
+                        json.dumps(c.metrics),
+                        c.job_id,
+                        *([] if worker_id is None else [worker_id]),
+                    ),
+                ).fetchone()
+                if row is not None:
+                    done.append(c.job_id)
+                    # most jobs owe no webhook: skip its insert (one statement less per job)
+                    notes += _enqueue_webhook(db, c.job_id, now) if row[0] else [(JOBS, f"{c.job_id} {DONE}")]
+        finished = set(done)
+        notes += [(JOBS, f"{job_id} {LOG}") for job_id, _ in logs if job_id not in finished]
         self._publish(notes)
-        return True
+        return done
 
     def expire_deadlines(self, now: float | None = None) -> list[str]:
         """Queued jobs whose start deadline passed complete with a timeout error (not re-queued ones: they
