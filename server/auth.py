@@ -23,8 +23,13 @@ def key_id(request: Request, key: str) -> str:
     return hmac.new(secret, key.encode(), hashlib.sha256).hexdigest()[:16]
 
 
-def caller_key_id(request: Request) -> str | None:
-    """FastAPI dependency: the caller's key id, or None when auth is off. 401 on a bad key."""
+async def caller_key_id(request: Request) -> str | None:
+    """FastAPI dependency (async: it runs on the event loop, not in a thread of its own)."""
+    return request_key_id(request)
+
+
+def request_key_id(request: Request) -> str | None:
+    """The caller's key id, or None when auth is off. 401 on a bad key."""
     keys: list[str] = request.app.state.settings.key_list
     if not keys:
         return None

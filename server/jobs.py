@@ -6,11 +6,13 @@ while queued, the ``logs`` key always present, failures and cancellations as COM
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from anyio import to_thread
 from pydantic import BaseModel
 
 from pipelines.common.schema_types import IMAGE_SIZE_PRESETS, ImageSize, resolve_image_size
@@ -158,7 +160,7 @@ def check_caps(body: BaseModel, caps: tuple[int, int]) -> None:
         raise FalError(422, errors, "validation_error")
 
 
-def submit(
+def new_job(
     store: JobStore,
     spec: EndpointSpec,
     body: BaseModel,
@@ -171,6 +173,7 @@ def submit(
     enabled: bool = True,
     caps: tuple[int, int] | None = None,
 ) -> Job:
+    """The job a submit creates, after every check that may refuse it (422, 503)."""
     if caps is not None:  # a request this server refuses is a 422, like any invalid field, whatever the load
         check_caps(body, caps)
     ensure_available(spec, store, enabled)
@@ -187,7 +190,24 @@ def submit(
         start_deadline=None if timeout is None else now + timeout,
         webhook_url=webhook_url,
     )
+    return job
+
+
+def submit(store: JobStore, spec: EndpointSpec, body: BaseModel, **options: Any) -> Job:
+    """Check and queue a job (``new_job``'s options); blocking: call it from a thread."""
+    job = new_job(store, spec, body, **options)
     store.create(job)
+    return job
+
+
+async def submit_from_loop(store: JobStore, spec: EndpointSpec, body: BaseModel, **options: Any) -> Job:
+    """``submit`` from the event loop: in place when the store answers without waiting (a local SQLite
+    file whose write lock is free; no thread hop on the common path), else from a thread."""
+    if not store.local:
+        return await to_thread.run_sync(functools.partial(submit, store, spec, body, **options))
+    job = new_job(store, spec, body, **options)
+    if not store.try_create(job):
+        await to_thread.run_sync(store.create, job)
     return job
 
 

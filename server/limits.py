@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import error_response
@@ -36,11 +37,14 @@ class BodyLimitMiddleware:
         if limit is None:
             await self.app(scope, receive, send)
             return
-        too_large = error_response(413, f"Request body is larger than the limit of {limit} bytes", "request_too_large")
+
+        def too_large() -> Response:
+            return error_response(413, f"Request body is larger than the limit of {limit} bytes", "request_too_large")
+
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await too_large(scope, receive, send)
+            await too_large()(scope, receive, send)
             return
         # Read (at most the cap) before the app sees anything, then replay the body to it.
         chunks, size = [], 0
@@ -51,7 +55,7 @@ class BodyLimitMiddleware:
             body = message.get("body", b"")
             size += len(body)
             if size > limit:
-                await too_large(scope, receive, send)
+                await too_large()(scope, receive, send)
                 return
             chunks.append(body)
             if not message.get("more_body", False):

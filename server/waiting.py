@@ -14,6 +14,7 @@ import enum
 import threading
 from collections.abc import Iterator
 
+from anyio import to_thread
 from fastapi import Request
 
 from server.config import Settings
@@ -139,8 +140,8 @@ async def _client_gone(request: Request) -> None:
 async def wait_until_done(request: Request, job_id: str) -> Job | Interrupted:
     """The finished job, or why the wait ended first (the caller decides what then).
 
-    The store is read on the event loop: a read by primary key never waits for writers (SQLite WAL),
-    and a thread hop per check cost more than the read.
+    A local store is read on the event loop: a read by primary key never waits for writers (SQLite WAL),
+    and a thread hop per check cost more than the read. A remote one (PostgreSQL) is read from a thread.
     """
     store: JobStore = request.app.state.store
     events: JobEvents = request.app.state.job_events
@@ -149,7 +150,7 @@ async def wait_until_done(request: Request, job_id: str) -> Job | Interrupted:
         gone.add_done_callback(lambda _: watch.event.set())
         try:
             while True:
-                current = store.get(job_id)
+                current = store.get(job_id) if store.local else await to_thread.run_sync(store.get, job_id)
                 assert current is not None
                 if current.status == "COMPLETED":
                     return current

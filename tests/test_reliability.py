@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -19,8 +20,7 @@ from pipelines.common.image_io import ImageDecodeError, decode_image
 from server.app import create_app
 from server.config import Settings
 from server.jobs import fail_unservable, status_body
-from server.store import Job, JobStore, LogEntry, PipelineState, SQLiteJobStore
-from server.store.base import HISTOGRAM_BUCKETS
+from server.store import Job, JobStore, PipelineState, SQLiteJobStore
 from server.worker.host_memory import held_bytes
 from server.worker.runner import Loaded, Worker
 from tests.support.echo_pipeline import ENDPOINT as ECHO_ENDPOINT
@@ -174,28 +174,7 @@ def test_a_failed_job_logs_one_line_and_its_status_says_the_real_reason(
     assert "not a JPEG, PNG or WEBP" in body["error"]
 
 
-# -- 5. a dead worker's jobs are recovered at once ----------------------------------------------------------
-
-
-def test_release_dead_worker_recovers_its_jobs_without_waiting_for_the_lease(tmp_path: Path) -> None:
-    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
-    started, prefetched, exhausted, other = (str(uuid.uuid4()) for _ in range(4))
-    for job_id in (started, prefetched, exhausted, other):
-        store.create(Job(id=job_id, endpoint="test/echo", input={}))
-    store.claim_batch("test/echo", "dead", lambda inp: (), 3, lease_s=3600)  # long leases: nothing expires
-    store.claim_batch("test/echo", "alive", lambda inp: (), 1, lease_s=3600)
-    store.start([started, exhausted], "dead")
-    store._db().execute("UPDATE jobs SET attempts = 2 WHERE id = ?", (exhausted,))  # its last attempt
-    store.set_pipeline_state(PipelineState("test/echo", "dead", "ready"))
-    assert store.recover_expired_leases(max_attempts=2) == []  # the lease alone would keep them for an hour
-
-    assert sorted(store.release_dead_worker("dead", max_attempts=2)) == sorted([started, prefetched, exhausted])
-    jobs = {j: store.get(j) for j in (started, prefetched, exhausted, other)}
-    assert (jobs[started].status, jobs[started].attempts) == ("IN_QUEUE", 1)  # the attempt still counts
-    assert (jobs[prefetched].status, jobs[prefetched].attempts) == ("IN_QUEUE", 0)  # never ran: free
-    assert jobs[exhausted].status == "COMPLETED" and jobs[exhausted].error["error_type"] == "runner_disconnected"
-    assert jobs[other].status == "IN_PROGRESS" and jobs[other].worker_id == "alive"
-    assert [s for s in store.pipeline_states() if s.worker_id == "dead"] == []
+# -- 5 (release_dead_worker) and 10 (retention, counters) are store tests: tests/test_store.py, both stores
 
 
 # -- 2. queued jobs of an endpoint no worker can serve ---------------------------------------------------
@@ -324,48 +303,6 @@ def test_without_keys_ops_routes_stay_open(client: TestClient) -> None:
     assert client.get("/metrics").status_code == 200
 
 
-# -- 10. retention, and metrics from counters --------------------------------------------------------------
-
-
-def test_old_finished_jobs_are_purged_and_metrics_keep_counting_them(tmp_path: Path) -> None:
-    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
-    ok, failed, hooked, running = (str(uuid.uuid4()) for _ in range(4))
-    for job_id in (ok, failed, running):
-        store.create(Job(id=job_id, endpoint="test/echo", input={}))
-    store.create(Job(id=hooked, endpoint="test/echo", input={}, webhook_url="https://hook.example/x"))
-    store.claim_batch("test/echo", "w", lambda inp: (), 4, lease_s=60)
-    store.append_log(ok, LogEntry("hello"))
-    store.complete(ok, result={"x": 1}, metrics={"queue_time": 0.2, "inference_time": 1.5, "batch_size": 3})
-    store.complete(failed, error={"status_code": 422, "detail": "no", "error_type": "image_load_error"})
-    store.complete(hooked, result={"x": 2})
-    before_stats = sorted(tuple(r) for r in store.completed_stats())
-    before_hist = store.metric_histogram("inference_time", HISTOGRAM_BUCKETS["inference_time"])
-    assert before_stats == [("test/echo", "", 2), ("test/echo", "image_load_error", 1)]
-    assert before_hist[0][1][HISTOGRAM_BUCKETS["inference_time"].index(2.5)] == 1 and before_hist[0][3] == 1
-
-    assert store.purge_finished(time.time() - 3600) == 0  # younger than the TTL: kept
-    assert store.purge_finished(time.time() + 1) == 2  # the webhook owed for `hooked` keeps it
-    assert store.get(ok) is None and store.get(failed) is None and store.logs(ok) == []
-    assert store.get(hooked) is not None and store.get(running) is not None  # unfinished: never purged
-    store.record_webhook_attempt(hooked, "nobody", "delivered")  # not the lease holder: still pending
-    assert store.get(hooked) is not None
-    assert sorted(tuple(r) for r in store.completed_stats()) == before_stats  # counters, not a scan
-    assert store.metric_histogram("inference_time", HISTOGRAM_BUCKETS["inference_time"]) == before_hist
-
-
-def test_a_store_made_before_counters_is_counted_once(tmp_path: Path) -> None:
-    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
-    store.create(Job(id="a", endpoint="test/echo", input={}))
-    store.claim_batch("test/echo", "w", lambda inp: (), 1, lease_s=60)
-    store.complete("a", result={}, metrics={"batch_size": 1})
-    db = store._db()
-    db.execute("DELETE FROM store_meta")  # as a store from before the counters
-    db.execute("UPDATE completed_counts SET n = 99")
-    reopened = SQLiteJobStore(tmp_path / "jobs.sqlite")
-    assert [tuple(r) for r in reopened.completed_stats()] == [("test/echo", "", 1)]
-    assert reopened.metric_histogram("batch_size", HISTOGRAM_BUCKETS["batch_size"])[0][3] == 1
-
-
 # -- lower priority: a missing file under our own /files/ URL ----------------------------------------------
 
 
@@ -395,3 +332,75 @@ def test_rgb_array_in_strips_equals_numpy_conversion(monkeypatch: pytest.MonkeyP
     rng = np.random.default_rng(0)
     image = PILImage.fromarray(rng.integers(0, 255, (37, 51, 3), dtype=np.uint8)).convert(mode)
     np.testing.assert_array_equal(image_io.rgb_array(image), np.asarray(image.convert("RGB")))
+
+
+# -- the database restarting under a worker and the API --------------------------------------------------
+
+
+def _wait_until(condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_postgres_restart_costs_time_not_the_worker_nor_its_job(
+    tmp_path: Path, postgres_server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL goes down while the worker runs a job: the worker's store calls wait it out (no crash, no
+    second attempt), and the API answers a JSON 503 with Retry-After meanwhile (not a 500)."""
+    url = postgres_server.create_database()
+    worker = _worker(tmp_path / "worker", store_url=url)
+    (job_id,) = _queue(worker.store, {"image_url": png_data_uri(size=(8, 8)), "steps": 1, "step_ms": 3000})
+    serving = threading.Thread(target=worker.serve_forever, daemon=True)
+    app = create_app(Settings(data_dir=tmp_path / "api", store_url=url))
+    with TestClient(app) as client, caplog.at_level(logging.WARNING, logger="fal_onprem.store"):
+        serving.start()
+        try:
+            _wait_until(lambda: worker.store.get(job_id).status == "IN_PROGRESS")
+            postgres_server.stop()
+            try:
+                r = client.get(f"/queue/test/echo/requests/{job_id}/status")
+                assert r.status_code == 503 and r.json()["error_type"] == "store_unavailable"
+                assert r.headers["retry-after"] == "1"
+                # the job finished meanwhile: its worker retries writing (its log lines, then its result)
+                _wait_until(
+                    lambda: any(rec.getMessage().startswith("job store unavailable in") for rec in caplog.records)
+                )
+            finally:
+                postgres_server.start()
+            _wait_until(lambda: worker.store.get(job_id).status == "COMPLETED")
+            assert serving.is_alive()
+        finally:
+            worker.stop()
+            serving.join(30)
+        job = worker.store.get(job_id)
+        assert job is not None and job.error is None and job.result is not None and job.attempts == 1
+        assert client.get(f"/queue/test/echo/requests/{job_id}").status_code == 200
+
+
+# -- job log lines: buffered while a batch is young, never held back from a long one ---------------------
+
+
+def test_a_fast_batch_writes_its_lines_with_its_result_and_a_silent_one_still_shows_them(tmp_path: Path) -> None:
+    worker = _worker(tmp_path, job_lease_s=3)  # housekeeping runs every second
+    fast, slow = _queue(worker.store, {"image_url": png_data_uri(size=(8, 8))}, 1) + _queue(
+        worker.store, {"image_url": png_data_uri(size=(8, 8)), "steps": 1, "step_ms": 4000}, 1
+    )
+    batch = worker.claim_next()
+    assert batch is not None and [j.id for j in batch.jobs] == [fast]  # one batch key per job: steps differ
+    worker.run_batch(batch)
+    lines = [e.message for e in worker.store.logs(fast)]
+    assert lines[0].startswith("Running test/echo") and lines[-1] == "tinted item 0"
+
+    serving = threading.Thread(target=worker.serve_forever, daemon=True)
+    serving.start()
+    try:
+        # the slow job logs "Running ..." at once, then nothing for 4 s: housekeeping writes the line
+        _wait_until(lambda: bool(worker.store.logs(slow)), timeout=30)
+        job = worker.store.get(slow)
+        assert job is not None and job.status == "IN_PROGRESS"
+        assert worker.store.logs(slow)[0].message.startswith("Running test/echo")
+    finally:
+        worker.stop()
+        serving.join(30)

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from server.auth import caller_key_id
+from server.auth import caller_key_id, request_key_id
 from server.errors import FalError
 from server.jobs import READY_STALE_S
 from server.metrics import render_metrics
@@ -60,7 +60,7 @@ def readyz(request: Request) -> JSONResponse:
 def _may_see_details(request: Request) -> bool:
     """True without configured keys, or with a valid one."""
     try:
-        caller_key_id(request)
+        request_key_id(request)
     except FalError:
         return False
     return True

@@ -42,19 +42,17 @@ def run_route(spec: EndpointSpec):
         key_id: str | None = Depends(caller_key_id),
     ) -> Response:
         store: JobStore = request.app.state.store
-        job = await to_thread.run_sync(
-            lambda: jobs.submit(
-                store,
-                spec,
-                body,
-                base=base_url(request),
-                key_id=key_id,
-                priority="normal",
-                start_timeout=x_fal_request_timeout,
-                webhook_url=None,
-                enabled=request.app.state.settings.pipeline(spec.endpoint_id).enabled,
-                caps=request.app.state.settings.caps(spec.endpoint_id),
-            )
+        job = await jobs.submit_from_loop(
+            store,
+            spec,
+            body,
+            base=base_url(request),
+            key_id=key_id,
+            priority="normal",
+            start_timeout=x_fal_request_timeout,
+            webhook_url=None,
+            enabled=request.app.state.settings.pipeline(spec.endpoint_id).enabled,
+            caps=request.app.state.settings.caps(spec.endpoint_id),
         )
         current = await wait_until_done(request, job.id)
         if current is CLIENT_GONE:

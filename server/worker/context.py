@@ -11,6 +11,7 @@ import base64
 import itertools
 import logging
 import random
+import threading
 import time
 from typing import Any
 
@@ -22,6 +23,10 @@ from server.store import Job, JobStore, LogEntry
 log = logging.getLogger("fal_onprem.worker")
 
 CANCEL_POLL_S = 0.2
+# The lines a batch logs in its first LOG_BUFFER_S wait to be written with its completion (a fast batch
+# costs one transaction, not one per line); later lines are written as they come (progress of long work),
+# and the worker's housekeeping writes the early lines of a batch that went silent.
+LOG_BUFFER_S = 0.05
 MAX_SEED = 2**31 - 1
 
 
@@ -40,13 +45,41 @@ class JobContext:
         self.seeds = {key: choose_seed(job.input) for key, job in jobs.items()}
         self._cancelled: set[str] = set()
         self._last_poll = 0.0
+        self._pending: list[tuple[str, LogEntry]] = []  # (job id, line) not yet in the store
+        # Held while a flush writes, so lines taken later (with the completion) never land before them.
+        self._pending_lock = threading.RLock()
+        self._oldest_pending = 0.0  # monotonic time the oldest buffered line was logged
+        self._created = time.monotonic()
 
     # -- logs and progress
     def log(self, message: str, item: int | None = None, level: str = "INFO") -> None:
         targets = list(self.jobs.values()) if item is None else [self.jobs[item]]
         if targets:
-            self.store.append_logs([job.id for job in targets], LogEntry(message, level))
+            entry = LogEntry(message, level)
+            with self._pending_lock:
+                if not self._pending:
+                    self._oldest_pending = time.monotonic()
+                self._pending += [(job.id, entry) for job in targets]
             log.info("%s [%s] %s", targets[0].endpoint, ",".join(j.id[:8] for j in targets), message)
+            if time.monotonic() - self._created >= LOG_BUFFER_S:
+                self.flush()
+
+    def take_logs(self, job_ids: set[str] | None = None) -> list[tuple[str, LogEntry]]:
+        """The buffered lines (of ``job_ids`` only, if given), removed from the buffer: the caller writes
+        them, e.g. in the transaction that completes those jobs."""
+        with self._pending_lock:
+            if job_ids is None:
+                taken, self._pending = self._pending, []
+            else:
+                taken = [p for p in self._pending if p[0] in job_ids]
+                self._pending = [p for p in self._pending if p[0] not in job_ids]
+        return taken
+
+    def flush(self, older_than: float = 0.0) -> None:
+        """Write the buffered lines when the oldest of them waits at least ``older_than`` seconds."""
+        with self._pending_lock:
+            if self._pending and time.monotonic() - self._oldest_pending >= older_than:
+                self.store.append_logs(self.take_logs())
 
     def progress(self, step: int, total: int, item: int | None = None) -> None:
         self.log(f"Step {step}/{total}", item)

@@ -17,6 +17,7 @@ import os
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,10 +38,11 @@ from pipelines.contract import (
 from server.config import Settings
 from server.errors import error_text, validation_detail
 from server.files import open_file_store
-from server.store import Job, JobStore, LogEntry, PipelineState, open_store
+from server.store import Completion, Job, JobStore, LogEntry, PipelineState, open_store
 from server.store.base import CANCELLED_ERROR
 from server.store.notify import QUEUE
-from server.worker.context import BatchContext
+from server.store.retrying import retrying
+from server.worker.context import LOG_BUFFER_S, BatchContext, JobContext
 from server.worker.host_memory import TRIM_AFTER_DECODED_BYTES, fitting_prefix, held_bytes, release_freed_memory
 from server.worker.identity import worker_id as default_worker_id
 from server.worker.inputs import make_image_loader
@@ -107,14 +109,14 @@ class Worker:
         self.parent_pid = parent_pid
         self.device = device
         self.worker_id = worker_id or default_worker_id(device)
-        self.store: JobStore = open_store(settings.resolved_store_url)
+        self.stop_event = threading.Event()
+        self.store: JobStore = retrying(open_store(settings.resolved_store_url), self.stop_event)
         self.files = open_file_store(settings.files_url, settings.files_dir, settings.s3_endpoint_url)
         self.load_image = make_image_loader(settings, self.files)
         self.loaded: dict[str, Loaded] = {}
         self.residency = Residency(self._memory_budget())
         self._measured: dict[str, int] = {}  # endpoint -> resident bytes at its last load
         self.stats = WorkerStats()
-        self.stop_event = threading.Event()
         self._active: list[str] = []  # ids of claimed, unfinished jobs (for heartbeats)
         self._active_lock = threading.Lock()
         self._held_bytes: dict[str, int] = {}  # claimed job id -> bytes its prepared inputs hold
@@ -125,6 +127,7 @@ class Worker:
         self.states: dict[str, tuple[str, str]] = {}  # endpoint -> (state, reason), re-reported as a heartbeat
         self._housekeeping_thread: threading.Thread | None = None
         self.step_loop: StepLoop | None = None  # the running stepwise batch, if any
+        self._contexts: weakref.WeakSet[JobContext] = weakref.WeakSet()  # running ones: housekeeping flushes logs
         # A submit wakes an idle worker at once; without notifications it polls every poll_fallback_s.
         self.wakeups = self.store.events.subscribe(QUEUE) if settings.notify_events else None
 
@@ -290,11 +293,12 @@ class Worker:
         self.store.set_pipeline_state(PipelineState(endpoint, self.worker_id, state, reason, self.device))  # type: ignore[arg-type]
 
     # -- claiming (only when idle or at a batch/step boundary)
-    def _due(self, loaded: Loaded) -> bool:
+    @staticmethod
+    def _due(loaded: Loaded, heads: dict[str, tuple[float, int]]) -> bool:
         """A batch is due when the queue holds max_batch jobs or its oldest waited max_wait_ms."""
-        oldest, count = self.store.oldest_queued(loaded.endpoint)
-        if not count or oldest is None:
+        if loaded.endpoint not in heads:
             return False
+        oldest, count = heads[loaded.endpoint]
         return count >= loaded.max_batch or (time.time() - oldest) * 1000 >= loaded.max_wait_ms
 
     def _key_fn(self, loaded: Loaded) -> Callable[[dict[str, Any]], Hashable]:
@@ -326,15 +330,21 @@ class Worker:
                 self._active.extend(j.id for j in jobs)
         return jobs
 
-    def claim_next(self, resident_only: bool = False) -> ClaimedBatch | None:
-        """Claim the batch whose head waited longest, loading its pipeline first if it is not resident."""
+    def claim_next(
+        self, resident_only: bool = False, heads: dict[str, tuple[float, int]] | None = None
+    ) -> ClaimedBatch | None:
+        """Claim the batch whose head waited longest, loading its pipeline first if it is not resident.
+        ``heads``: ``store.queue_heads()`` if the caller just read it."""
+        heads = self.store.queue_heads() if heads is None else heads
         candidates = [
-            c for c in self.loaded.values() if not c.failed and (c.resident or not resident_only) and self._due(c)
+            c
+            for c in self.loaded.values()
+            if not c.failed and (c.resident or not resident_only) and self._due(c, heads)
         ]
         if not candidates:
             return None
         # Oldest head first across endpoints, so no endpoint starves another.
-        candidates.sort(key=lambda c: self.store.oldest_queued(c.endpoint)[0] or float("inf"))
+        candidates.sort(key=lambda c: heads[c.endpoint][0])
         for loaded in candidates:
             if not self._make_resident(loaded):
                 continue
@@ -342,7 +352,10 @@ class Worker:
             if jobs:
                 pipe = loaded.pipeline
                 assert pipe is not None
-                prepared = list(self._prepare_pool.map(lambda j, p=pipe: self._prepare(p, j), jobs))
+                if len(jobs) == 1:  # no thread hop for a lone job
+                    prepared = [self._prepare(pipe, jobs[0])]
+                else:
+                    prepared = list(self._prepare_pool.map(lambda j, p=pipe: self._prepare(p, j), jobs))
                 jobs, prepared = self._within_byte_budget(jobs, prepared)
                 return ClaimedBatch(loaded, jobs, prepared)
         return None
@@ -379,25 +392,30 @@ class Worker:
             log.info("prepared inputs over max_prepared_bytes: %d job(s) back to the queue", len(jobs) - keep)
         return jobs[:keep], prepared[:keep]
 
-    def _prefetch(self) -> ClaimedBatch | None:
+    def _backlog(self, heads: dict[str, tuple[float, int]]) -> bool:
+        """The queue holds a full batch more for a resident pipeline (worth claiming at a batch boundary)."""
+        return any(
+            c.resident and not c.failed and heads.get(c.endpoint, (0.0, 0))[1] >= c.max_batch
+            for c in self.loaded.values()
+        )
+
+    def _prefetch(self, heads: dict[str, tuple[float, int]] | None = None) -> ClaimedBatch | None:
         """At a batch boundary: claim the next batch now, to prepare it while this one runs, only when the
         queue holds a full batch more; otherwise the next claim waits for the boundary after this batch, so
         that idle workers (other GPUs) take the jobs first."""
         if self.stop_event.is_set():
             return None
-        backlog = any(
-            c.resident and not c.failed and self.store.oldest_queued(c.endpoint)[1] >= c.max_batch
-            for c in self.loaded.values()
-        )
-        return self.claim_next(resident_only=True) if backlog else None
+        heads = self.store.queue_heads() if heads is None else heads
+        return self.claim_next(resident_only=True, heads=heads) if self._backlog(heads) else None
 
-    def _idle_wait(self) -> None:
-        """Until a submit wakes us, the oldest queued job's batching window closes, or the fallback poll."""
+    def _idle_wait(self, heads: dict[str, tuple[float, int]]) -> None:
+        """Until a submit wakes us, the oldest queued job's batching window closes, or the fallback poll.
+        ``heads`` were read before the last claim attempt: a submit since then is a pending wake-up."""
         timeout = self.settings.poll_fallback_s
         now = time.time()
         for loaded in self.loaded.values():
-            oldest, count = self.store.oldest_queued(loaded.endpoint)
-            if count and oldest is not None:
+            if loaded.endpoint in heads:
+                oldest = heads[loaded.endpoint][0]
                 timeout = min(timeout, max(MIN_IDLE_WAIT_S, oldest + loaded.max_wait_ms / 1000 - now))
         if self.wakeups is None:
             self.stop_event.wait(timeout)
@@ -429,17 +447,26 @@ class Worker:
             return _internal_error(exc)
 
     # -- running
-    def _complete(self, job: Job, outcome: Any, metrics: dict[str, Any]) -> None:
-        """Write a job's result (an output model) or error (an ItemError or error dict)."""
-        if isinstance(outcome, ItemError):
-            outcome = outcome.to_dict()
-        if isinstance(outcome, BaseModel):
-            result = outcome.model_dump(mode="json", exclude_none=True)
-            self.store.complete(job.id, result=result, metrics=metrics, worker_id=self.worker_id)
-        else:
-            error = outcome or _internal_error(RuntimeError("no result"))
-            if self.store.complete(job.id, error=error, metrics=metrics, worker_id=self.worker_id):
-                log_failed_job(job, error)
+    def _complete_all(
+        self, outcomes: list[tuple[Job, Any, dict[str, Any]]], logs: list[tuple[str, LogEntry]] = ()
+    ) -> None:
+        """Write jobs' results (output models) or errors (ItemErrors or error dicts), with their buffered log
+        lines, in one transaction."""
+        completions, errors = [], {}
+        for job, outcome, metrics in outcomes:
+            if isinstance(outcome, ItemError):
+                outcome = outcome.to_dict()
+            if isinstance(outcome, BaseModel):
+                completions.append(
+                    Completion(job.id, outcome.model_dump(mode="json", exclude_none=True), None, metrics)
+                )
+            else:
+                errors[job.id] = error = outcome or _internal_error(RuntimeError("no result"))
+                completions.append(Completion(job.id, None, error, metrics))
+        done = set(self.store.complete_many(completions, self.worker_id, logs))
+        for job, _, _ in outcomes:
+            if job.id in errors and job.id in done:
+                log_failed_job(job, errors[job.id])
 
     def run_batch(self, batch: ClaimedBatch) -> None:
         pipe = batch.loaded.pipeline
@@ -460,22 +487,24 @@ class Worker:
             else:
                 jobs.append((job, prep))
         results: dict[str, Any] = {}
+        logs: list[tuple[str, LogEntry]] = []
         run_time = 0.0
         if jobs:
             self._batch_started = time.monotonic()
-            results = self._run_items(pipe, [j for j, _ in jobs], [p for _, p in jobs])
+            results = self._run_items(pipe, [j for j, _ in jobs], [p for _, p in jobs], logs)
             run_time = time.monotonic() - self._batch_started
             self._batch_started = None
+        outcomes = []
         for job in batch.jobs:
             if job.id not in mine:
                 continue
-            outcome = errors.get(job.id) or results.get(job.id)
             metrics = {
                 "inference_time": round(run_time, 6),
                 "queue_time": round(max(0.0, started_at - job.created_at), 6),
                 "batch_size": len(jobs),
             }
-            self._complete(job, outcome, metrics)
+            outcomes.append((job, errors.get(job.id) or results.get(job.id), metrics))
+        self._complete_all(outcomes, logs)
         self._forget([j.id for j in batch.jobs])
         self.batches_run += 1
 
@@ -486,9 +515,27 @@ class Worker:
             for job_id in done:
                 self._held_bytes.pop(job_id, None)
 
-    def _run_items(self, pipe: Pipeline, jobs: list[Job], prepared: list[Prepared]) -> dict[str, Any]:
-        """Run one batch; on an unexpected exception, run its items one by one to isolate the culprit."""
+    def _run_items(
+        self, pipe: Pipeline, jobs: list[Job], prepared: list[Prepared], logs: list[tuple[str, LogEntry]]
+    ) -> dict[str, Any]:
+        """Run one batch; on an unexpected exception, run its items one by one to isolate the culprit. The
+        log lines still buffered at the end are added to ``logs`` (written with the completions)."""
         ctx = BatchContext(self.store, self.files, jobs)
+        self._contexts.add(ctx)
+        try:
+            return self._run_in(ctx, pipe, jobs, prepared, logs)
+        finally:
+            self._contexts.discard(ctx)
+            logs += ctx.take_logs()
+
+    def _run_in(
+        self,
+        ctx: BatchContext,
+        pipe: Pipeline,
+        jobs: list[Job],
+        prepared: list[Prepared],
+        logs: list[tuple[str, LogEntry]],
+    ) -> dict[str, Any]:
         ctx.log(f"Running {jobs[0].endpoint} on {self.device} (batch of {len(jobs)})")
         try:
             outputs = pipe.run(prepared, ctx)
@@ -498,8 +545,9 @@ class Worker:
             if len(jobs) > 1:
                 log.warning("batch of %d failed (%s); retrying items one by one", len(jobs), exc)
                 out: dict[str, Any] = {}
+                logs += ctx.take_logs()  # this batch's lines come first
                 for job, prep in zip(jobs, prepared, strict=True):
-                    out.update(self._run_items(pipe, [job], [prep]))
+                    out.update(self._run_items(pipe, [job], [prep], logs))
                 return out
             log.exception("%s failed", jobs[0].id)
             return {jobs[0].id: _internal_error(exc)}
@@ -528,6 +576,8 @@ class Worker:
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
             log.warning("the serve process %d is gone: stopping", self.parent_pid)
             self.stop()
+        for ctx in list(self._contexts):
+            ctx.flush(older_than=LOG_BUFFER_S)  # a silent batch's early lines still reach the store
         with self._active_lock:
             active = list(self._active)
         store.heartbeat(active, self.settings.job_lease_s, self.worker_id)
@@ -562,7 +612,9 @@ class Worker:
         while not self.stop_event.wait(interval):
             try:
                 self.housekeeping(store)
-            except Exception:  # keep heart-beating whatever one round hit (e.g. a locked database)
+            except store.transient_errors as exc:  # the next round retries
+                log.warning("housekeeping: job store unavailable (%s)", exc)
+            except Exception:  # keep heart-beating whatever one round hit
                 log.exception("housekeeping failed")
 
     def start_housekeeping(self) -> None:
@@ -577,19 +629,25 @@ class Worker:
         pending: Future[ClaimedBatch | None] | None = None
         try:
             while not self.stop_event.is_set():
-                batch = pending.result() if pending is not None else self.claim_next()
+                batch = pending.result() if pending is not None else None
                 pending = None
                 if batch is None:
-                    self._idle_wait()
-                    continue
+                    heads = self.store.queue_heads()  # one read per turn decides the claim and the wait
+                    batch = self.claim_next(heads=heads)
+                    if batch is None:
+                        self._idle_wait(heads)
+                        continue
                 if batch.loaded.stepwise:
                     self.step_loop = StepLoop(self, batch)
                     self.step_loop.run()  # until its last row leaves; jobs join and leave at step boundaries
                     self.step_loop = None
                     self.batches_run += 1
                 else:
-                    # A boundary: claim the next batch now only when there is a backlog (see _prefetch).
-                    pending = self._prefetch_pool.submit(self._prefetch)
+                    # A boundary: claim the next batch now, while this one runs, only when there is a
+                    # backlog (see _prefetch); no thread hop when there is none.
+                    heads = self.store.queue_heads()
+                    if self._backlog(heads):
+                        pending = self._prefetch_pool.submit(self._prefetch, heads)
                     self.run_batch(batch)
                 if max_batches is not None and self.batches_run >= max_batches:
                     break

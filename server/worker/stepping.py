@@ -24,8 +24,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pipelines.contract import ItemError, Prepared, StepwisePipeline
-from server.store import Job
+from pipelines.contract import Prepared, StepwisePipeline
+from server.store import Job, LogEntry
 from server.store.base import CANCELLED_ERROR, PRIORITY_RANK
 from server.worker.context import StepContext
 
@@ -77,6 +77,7 @@ class StepLoop:
         self.endpoint = batch.loaded.endpoint
         self.key: Hashable = worker._key_fn(batch.loaded)(batch.jobs[0].input)
         self.ctx = StepContext(worker.store, worker.files)
+        worker._contexts.add(self.ctx)  # housekeeping flushes its buffered log lines
         self.state: Any = None
         self.members: dict[int, Member] = {}
         self.waiting = [Waiting(j, _done(p)) for j, p in zip(batch.jobs, batch.prepared, strict=True)]
@@ -101,6 +102,8 @@ class StepLoop:
                 self.worker.release([w.job.id for w in self.waiting])
             for key, member in list(self.members.items()):  # only after an unexpected error in the loop itself
                 self._complete(key, member, _internal_error(RuntimeError("the stepwise batch stopped")))
+            self.worker._contexts.discard(self.ctx)
+            self.ctx.flush()  # lines of jobs that left without completing here (none, unless the loop failed)
 
     @property
     def rows(self) -> int:
@@ -188,17 +191,15 @@ class StepLoop:
     def _our_turn(self) -> bool:
         """True while this batch may take more jobs: its endpoint has queued jobs and no other endpoint's
         queue head has waited longer (else drain, so the worker moves on to that one)."""
-        store = self.worker.store
-        oldest, count = store.oldest_queued(self.endpoint)
-        if not count or oldest is None:
+        heads = self.worker.store.queue_heads()
+        if self.endpoint not in heads:
             return False
-        for other in self.worker.loaded.values():
-            if other.endpoint == self.endpoint or other.failed:
-                continue
-            other_oldest, other_count = store.oldest_queued(other.endpoint)
-            if other_count and other_oldest is not None and other_oldest < oldest:
-                return False
-        return True
+        oldest = heads[self.endpoint][0]
+        return not any(
+            other.endpoint != self.endpoint and not other.failed and other.endpoint in heads
+            and heads[other.endpoint][0] < oldest
+            for other in self.worker.loaded.values()
+        )  # fmt: skip
 
     def _claim(self) -> None:
         if self.worker.stop_event.is_set():
@@ -281,13 +282,14 @@ class StepLoop:
         if member.first_step_at is not None:
             metrics["admission_wait"] = round(max(0.0, member.first_step_at - member.job.created_at), 6)
         self.members.pop(key, None)
+        logs = self.ctx.take_logs({member.job.id})
         self.ctx.remove(key)
         if not self.members:
             self.state = None
-        self._finish_job(member.job, outcome, metrics)
+        self._finish_job(member.job, outcome, metrics, logs)
 
-    def _finish_job(self, job: Job, outcome: Any, metrics: dict[str, Any]) -> None:
-        if isinstance(outcome, ItemError):
-            outcome = outcome.to_dict()
-        self.worker._complete(job, outcome, metrics)
+    def _finish_job(
+        self, job: Job, outcome: Any, metrics: dict[str, Any], logs: list[tuple[str, LogEntry]] | None = None
+    ) -> None:
+        self.worker._complete_all([(job, outcome, metrics)], logs or [])
         self.worker._forget([job.id])
