@@ -124,6 +124,25 @@ HISTOGRAM_BUCKETS: dict[str, tuple[float, ...]] = {
 """The ``Job.metrics`` fields a store keeps histograms of, counted as jobs complete (``metric_histogram``)."""
 
 
+class SingleJobCalls:
+    """The one-job forms of the batch writes, shared by the stores."""
+
+    def append_log(self, job_id: str, entry: LogEntry) -> None:
+        self.append_logs([(job_id, entry)])  # type: ignore[attr-defined]
+
+    def complete(
+        self,
+        job_id: str,
+        *,
+        result: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+        worker_id: str | None = None,
+    ) -> bool:
+        completions = [Completion(job_id, result, error, metrics or {})]
+        return bool(self.complete_many(completions, worker_id))  # type: ignore[attr-defined]
+
+
 class JobStore(Protocol):
     """Safe for concurrent use by the API process and several worker processes."""
 

@@ -26,6 +26,7 @@ from server.store.base import (
     Job,
     LogEntry,
     PipelineState,
+    SingleJobCalls,
     WebhookDelivery,
     head_batch,
     job_insert_values,
@@ -152,7 +153,7 @@ POOL_TIMEOUT_S = 5.0
 POOL_RECONNECT_S = 10.0
 
 
-class PostgresJobStore:
+class PostgresJobStore(SingleJobCalls):
     local = False  # every call is a network round trip: the API calls it from threads
     transient_errors: tuple[type[Exception], ...] = ()  # set in __init__ (psycopg is imported lazily)
 
@@ -486,9 +487,6 @@ class PostgresJobStore:
                 (self.clock() + lease_s, job_ids, worker_id, worker_id),
             )
 
-    def append_log(self, job_id: str, entry: LogEntry) -> None:
-        self.append_logs([(job_id, entry)])
-
     def append_logs(self, entries: list[tuple[str, LogEntry]]) -> None:
         if not entries:
             return
@@ -501,17 +499,6 @@ class PostgresJobStore:
             return set()
         rows = self._rows("SELECT id FROM jobs WHERE cancel_requested AND id = ANY(%s)", (job_ids,))
         return {r["id"] for r in rows}
-
-    def complete(
-        self,
-        job_id: str,
-        *,
-        result: dict[str, Any] | None = None,
-        error: dict[str, Any] | None = None,
-        metrics: dict[str, Any] | None = None,
-        worker_id: str | None = None,
-    ) -> bool:
-        return bool(self.complete_many([Completion(job_id, result, error, metrics or {})], worker_id))
 
     def complete_many(
         self, completions: list[Completion], worker_id: str | None = None, logs: Sequence[tuple[str, LogEntry]] = ()
@@ -543,6 +530,7 @@ class PostgresJobStore:
         return [c.job_id for c in completions if c.job_id in done]
 
     def expire_deadlines(self, now: float | None = None) -> list[str]:
+        now = self.clock() if now is None else now
         return self._fail_queued_where(
             "attempts = 0 AND start_deadline IS NOT NULL AND start_deadline < %s", TIMEOUT_ERROR, now, now=now
         )

@@ -27,6 +27,7 @@ from server.store.base import (
     Job,
     LogEntry,
     PipelineState,
+    SingleJobCalls,
     WebhookDelivery,
     head_batch,
     job_insert_values,
@@ -269,7 +270,7 @@ def _row_to_job(row: sqlite3.Row) -> Job:
     )
 
 
-class SQLiteJobStore:
+class SQLiteJobStore(SingleJobCalls):
     local = True
     transient_errors: tuple[type[Exception], ...] = (sqlite3.OperationalError,)  # "database is locked"
 
@@ -680,9 +681,6 @@ class SQLiteJobStore:
                 (self.clock() + lease_s, *job_ids, *([] if worker_id is None else [worker_id])),
             )
 
-    def append_log(self, job_id: str, entry: LogEntry) -> None:
-        self.append_logs([(job_id, entry)])
-
     def append_logs(self, entries: list[tuple[str, LogEntry]]) -> None:
         if not entries:
             return
@@ -700,17 +698,6 @@ class SQLiteJobStore:
             .fetchall()
         )
         return {r["id"] for r in rows}
-
-    def complete(
-        self,
-        job_id: str,
-        *,
-        result: dict[str, Any] | None = None,
-        error: dict[str, Any] | None = None,
-        metrics: dict[str, Any] | None = None,
-        worker_id: str | None = None,
-    ) -> bool:
-        return bool(self.complete_many([Completion(job_id, result, error, metrics or {})], worker_id))
 
     def complete_many(
         self, completions: list[Completion], worker_id: str | None = None, logs: Sequence[tuple[str, LogEntry]] = ()
