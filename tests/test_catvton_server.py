@@ -21,7 +21,7 @@ fal_client = pytest.importorskip("fal_client")
 
 from tests.support.js import requires_js_client, run_node_report  # noqa: E402
 from tests.support.live_server import LiveServer  # noqa: E402
-from tests.support.server_fixtures import fetch_bytes, python_client  # noqa: E402
+from tests.support.server_fixtures import fetch_bytes, serve_endpoint  # noqa: E402
 
 APP = "fal-ai/cat-vton"
 CUSTOM = {"width": 100, "height": 130}  # -> 96 x 128
@@ -48,16 +48,7 @@ def arguments(**overrides: object) -> dict:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    live = LiveServer(tmp_path_factory.mktemp("catvton-server"), wait_for=(APP,))
-    live.start()
-    yield live
-    live.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server: LiveServer) -> Iterator[fal_client.SyncClient]:
-    with python_client(server.url) as c:
-        yield c
+    yield from serve_endpoint(tmp_path_factory, APP)
 
 
 def pixels(image: dict) -> np.ndarray:

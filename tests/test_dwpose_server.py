@@ -15,36 +15,19 @@ skdata = pytest.importorskip("skimage.data")
 
 
 from tests.support.live_server import LiveServer  # noqa: E402
-from tests.support.server_fixtures import fetch_bytes, python_client  # noqa: E402
+from tests.support.server_fixtures import fetch_bytes, jpeg_data_uri, serve_endpoint  # noqa: E402
 
 APP = "fal-ai/dwpose"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    live = LiveServer(tmp_path_factory.mktemp("dwpose-server"), wait_for=(APP,))
-    live.start()
-    yield live
-    live.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server: LiveServer) -> Iterator[fal_client.SyncClient]:
-    with python_client(server.url) as c:
-        yield c
-
-
-def jpeg_data_uri(array: np.ndarray) -> str:
-    import base64
-
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="JPEG", quality=90)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    yield from serve_endpoint(tmp_path_factory, APP)
 
 
 def test_dwpose_requests_through_the_queue(client: fal_client.SyncClient) -> None:
     photo = skdata.astronaut()[:400, 56:356]  # 400x300 -> 683x512
-    arguments = [{"image_url": jpeg_data_uri(photo), "draw_mode": mode} for mode in ("body-pose", "full-pose")] * 3
+    arguments = [{"image_url": jpeg_data_uri(photo, 90), "draw_mode": mode} for mode in ("body-pose", "full-pose")] * 3
     with ThreadPoolExecutor(len(arguments)) as pool:
         results = list(pool.map(lambda args: client.run(APP, arguments=args), arguments))
     images = []
@@ -64,5 +47,5 @@ def test_dwpose_requests_through_the_queue(client: fal_client.SyncClient) -> Non
 
 def test_dwpose_validation_error(client: fal_client.SyncClient) -> None:
     with pytest.raises(fal_client.client.FalClientError) as err:
-        client.run(APP, arguments={"image_url": jpeg_data_uri(skdata.coffee()), "draw_mode": "skeleton"})
+        client.run(APP, arguments={"image_url": jpeg_data_uri(skdata.coffee(), 90), "draw_mode": "skeleton"})
     assert err.value.message[0]["loc"] == ["body", "draw_mode"]

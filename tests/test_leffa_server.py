@@ -17,7 +17,7 @@ from skimage import data as skdata
 
 from tests.support.js import requires_js_client, run_node_report
 from tests.support.live_server import LiveServer
-from tests.support.server_fixtures import fetch_bytes, python_client
+from tests.support.server_fixtures import fetch_bytes, jpeg_data_uri, serve_endpoint
 
 APP = "fal-ai/leffa/pose-transfer"
 STEPS = 3
@@ -25,26 +25,11 @@ STEPS = 3
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    live = LiveServer(tmp_path_factory.mktemp("leffa-server"), wait_for=(APP,))
-    live.start()
-    yield live
-    live.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server: LiveServer) -> Iterator[fal_client.SyncClient]:
-    with python_client(server.url) as c:
-        yield c
-
-
-def jpeg_uri(array: np.ndarray) -> str:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="JPEG", quality=92)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    yield from serve_endpoint(tmp_path_factory, APP)
 
 
 PHOTO = skdata.astronaut()
-ARGS = {"pose_image_url": jpeg_uri(PHOTO[:, 96:416]), "person_image_url": jpeg_uri(PHOTO),
+ARGS = {"pose_image_url": jpeg_data_uri(PHOTO[:, 96:416]), "person_image_url": jpeg_data_uri(PHOTO),
         "num_inference_steps": STEPS}  # fmt: skip
 
 

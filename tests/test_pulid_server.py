@@ -4,7 +4,6 @@ stand-ins, alignment, parsing, EVA, IDEncoder) and the stepwise sampler behind t
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ skdata = pytest.importorskip("skimage.data")
 
 from tests.support.js import requires_js_client, run_node_report  # noqa: E402
 from tests.support.live_server import LiveServer  # noqa: E402
-from tests.support.server_fixtures import fetch_bytes, python_client  # noqa: E402
+from tests.support.server_fixtures import fetch_bytes, jpeg_data_uri, serve_endpoint  # noqa: E402
 
 APP = "fal-ai/pulid"
 SIZE = {"width": 96, "height": 128}  # a custom image_size; the tiny UNet runs it in a blink
@@ -28,29 +27,13 @@ OTHERS_OFF = {"fal-ai/dwpose": {"enabled": False}, "fal-ai/live-portrait/image":
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    env = {"FAL_ONPREM_PIPELINES": json.dumps(OTHERS_OFF)}
-    live = LiveServer(tmp_path_factory.mktemp("pulid-server"), wait_for=(APP,), env=env)
-    live.start()
-    yield live
-    live.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server: LiveServer) -> Iterator[fal_client.SyncClient]:
-    with python_client(server.url) as c:
-        yield c
-
-
-def uri(array: np.ndarray) -> str:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="JPEG", quality=92)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    yield from serve_endpoint(tmp_path_factory, APP, {"FAL_ONPREM_PIPELINES": json.dumps(OTHERS_OFF)})
 
 
 def faces(n: int) -> list[dict[str, str]]:
     # pictures the tiny SCRFD stand-in finds one "face" in (it fires on texture)
     photos = [skdata.astronaut(), np.stack([skdata.camera()] * 3, -1), skdata.coffee(), skdata.rocket()]
-    return [{"image_url": uri(p)} for p in photos[:n]]
+    return [{"image_url": jpeg_data_uri(p)} for p in photos[:n]]
 
 
 def pixels(image: dict) -> np.ndarray:
@@ -97,7 +80,7 @@ def test_pulid_without_seed_reports_the_one_it_used(client: fal_client.SyncClien
 @pytest.mark.parametrize(
     ("change", "loc"),
     [
-        ({"reference_images": [faces(1)[0], {"image_url": uri(np.full((80, 80, 3), 128, np.uint8))}]},
+        ({"reference_images": [faces(1)[0], {"image_url": jpeg_data_uri(np.full((80, 80, 3), 128, np.uint8))}]},
          ["body", "reference_images", 1, "image_url"]),
         ({"image_size": {"width": 100, "height": 128}}, ["body", "image_size"]),
     ],

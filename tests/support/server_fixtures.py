@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -22,6 +23,23 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     server.start()
     yield server
     server.stop()
+
+
+def serve_endpoint(
+    tmp_path_factory: pytest.TempPathFactory, app: str, env: dict[str, str] | None = None
+) -> Iterator[LiveServer]:
+    """A test module's ``serve --tiny``, ready once ``app`` is (``yield from`` it in a ``server`` fixture)."""
+    live = LiveServer(tmp_path_factory.mktemp(app.rsplit("/", 1)[-1]), wait_for=(app,), env=env)
+    live.start()
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: LiveServer) -> Iterator[object]:
+    """The real ``fal_client`` against the test module's own ``server`` fixture."""
+    with python_client(server.url) as c:
+        yield c
 
 
 @contextmanager
@@ -47,6 +65,12 @@ def png_data_uri(color: tuple[int, int, int] = (200, 100, 50), size: tuple[int, 
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def jpeg_data_uri(array: np.ndarray, quality: int = 92) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def wait_status(url: str, status: str, timeout: float = 30.0, headers: dict[str, str] | None = None) -> dict:
