@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing as mp
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -351,5 +352,62 @@ def test_a_store_made_before_counters_is_counted_once(store: JobStore, store_url
     try:
         assert _stats(reopened) == [("a/b", "", 1)]
         assert reopened.metric_histogram("batch_size", HISTOGRAM_BUCKETS["batch_size"])[0][3] == 1
+    finally:
+        reopened.close()
+
+
+def _hold_the_write_lock(path: str, held: Any, release: Any) -> None:
+    store = SQLiteJobStore(path)
+    with store._write():
+        held.set()
+        release.wait(30)
+
+
+def test_sqlite_submit_on_the_event_loop_never_waits_for_another_process_writing(tmp_path: Path) -> None:
+    """``try_create`` (the API's submit on its event loop) gives up at once while another process writes;
+    ``create`` waits and goes on as soon as that writer commits."""
+    path = str(tmp_path / "jobs.sqlite")
+    store = SQLiteJobStore(path)
+    ctx = mp.get_context("spawn")
+    held, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_the_write_lock, args=(path, held, release))
+    holder.start()
+    try:
+        assert held.wait(60)
+        first, second = (Job(id=f"j{i}", endpoint="a/b", input={"k": 0}, created_at=1000.0 + i) for i in range(2))
+        assert store.try_create(first) is False
+        assert store.queue_depths() == {}
+        release.set()
+        store.create(first)  # blocks until the holder commits
+        assert store.try_create(second) is True
+        assert store.queue_depths() == {"a/b": 2}
+    finally:
+        release.set()
+        holder.join(timeout=30)
+        store.close()
+
+
+def test_an_older_sqlite_counting_trigger_is_replaced_and_its_counts_recounted(tmp_path: Path) -> None:
+    """A store whose trigger counted each job in every bucket above its value (counters version 1) gets the
+    current trigger and is counted once more from its jobs."""
+    path = tmp_path / "jobs.sqlite"
+    store = SQLiteJobStore(path)
+    (job,) = make(store, 1)
+    store.claim_batch("a/b", "w", by_key, 1, lease_s=60)
+    store.complete(job.id, result={}, metrics={"batch_size": 1})
+    _sql(store, "DROP TRIGGER jobs_completed_counters")
+    _sql(store, "CREATE TRIGGER jobs_completed_counters AFTER UPDATE OF status ON jobs BEGIN SELECT 1; END")
+    _sql(store, "UPDATE store_meta SET value = '1' WHERE key = 'counters'")
+    _sql(store, "UPDATE histogram_counts SET n = 99")
+    store.close()
+    reopened = SQLiteJobStore(path)
+    try:
+        (again,) = make(reopened, 1, t0=2000.0)
+        reopened.claim_batch("a/b", "w", by_key, 1, lease_s=60)
+        reopened.complete(again.id, result={}, metrics={"batch_size": 3})
+        assert _stats(reopened) == [("a/b", "", 2)]
+        assert reopened.metric_histogram("batch_size", HISTOGRAM_BUCKETS["batch_size"]) == [
+            ("a/b", [1, 1, 2, 2, 2, 2, 2], 4.0, 2)
+        ]
     finally:
         reopened.close()

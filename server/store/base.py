@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -157,7 +157,8 @@ class JobStore(Protocol):
     # -- API side
     def create(self, job: Job) -> None: ...
     def try_create(self, job: Job) -> bool:
-        """``create`` only if that needs no waiting (the database's write lock is free); False otherwise."""
+        """``create`` only if the database's write lock is free within a moment (another writer's short
+        transaction is waited out, a long one is not); False otherwise, nothing written."""
         ...
 
     def get(self, job_id: str) -> Job | None: ...
@@ -297,29 +298,35 @@ def runner_disconnected_error(max_attempts: int) -> dict[str, Any]:
     }
 
 
-def within_key_cap(queued: list[Job], running: dict[str, int], cap: int) -> list[Job]:
+def within_key_cap(queued: Iterable[Job], running: dict[str, int], cap: int) -> Iterator[Job]:
     """The queued jobs (in queue order) that may start without any API key exceeding ``cap`` running jobs."""
     counts = dict(running)
-    allowed = []
     for job in queued:
         if job.key_id is not None:
             if counts.get(job.key_id, 0) >= cap:
                 continue
             counts[job.key_id] = counts.get(job.key_id, 0) + 1
-        allowed.append(job)
-    return allowed
+        yield job
 
 
 def head_batch(
-    queued: list[Job], key_fn: Callable[[dict[str, Any]], Hashable], max_batch: int, key: Hashable | None = None
+    queued: Iterable[Job], key_fn: Callable[[dict[str, Any]], Hashable], max_batch: int, key: Hashable | None = None
 ) -> list[Job]:
     """The first queued job plus the following ones with its batch key, up to ``max_batch``.
 
+    ``queued`` is consumed lazily, only until the batch is full (a key costs an input validation).
     With ``key`` (joining a running stepwise batch), nothing unless the head has that key: claiming around
     the head would starve it."""
-    if not queued:
-        return []
-    head_key = key_fn(queued[0].input)
-    if key is not None and head_key != key:
-        return []
-    return ([queued[0]] + [j for j in queued[1:] if key_fn(j.input) == head_key])[:max_batch]
+    chosen: list[Job] = []
+    head_key: Hashable = None
+    for job in queued:
+        if not chosen:
+            head_key = key_fn(job.input)
+            if key is not None and head_key != key:
+                return []
+        elif key_fn(job.input) != head_key:
+            continue
+        chosen.append(job)
+        if len(chosen) >= max_batch:
+            break
+    return chosen

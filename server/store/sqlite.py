@@ -7,7 +7,9 @@ completed twice, whoever races.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -34,7 +36,7 @@ from server.store.base import (
     runner_disconnected_error,
     within_key_cap,
 )
-from server.store.notify import DONE, JOBS, LOG, QUEUE, STARTED, WEBHOOK, LocalNotifier
+from server.store.notify import DONE, JOBS, LOG, QUEUE, STARTED, STATES, WEBHOOK, LocalNotifier
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -59,9 +61,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,
     metrics TEXT NOT NULL DEFAULT '{}'
 );
-CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (endpoint, status, priority_rank, created_at);
-CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, lease_until);
-CREATE INDEX IF NOT EXISTS jobs_heads ON jobs (endpoint, created_at) WHERE status = 'IN_QUEUE';
+-- Partial indexes, one per status that is searched (as in the PostgreSQL schema): a job enters and leaves
+-- each once, so a submit writes two index entries, not five (the old full indexes are dropped).
+DROP INDEX IF EXISTS jobs_queue;
+DROP INDEX IF EXISTS jobs_status;
+DROP INDEX IF EXISTS jobs_heads;
+DROP INDEX IF EXISTS jobs_finished;
+CREATE INDEX IF NOT EXISTS jobs_queued ON jobs (endpoint, priority_rank, created_at) WHERE status = 'IN_QUEUE';
+CREATE INDEX IF NOT EXISTS jobs_leased ON jobs (lease_until) WHERE status = 'IN_PROGRESS';
+CREATE INDEX IF NOT EXISTS jobs_done ON jobs (finished_at) WHERE status = 'COMPLETED';
 CREATE TABLE IF NOT EXISTS logs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id TEXT NOT NULL,
@@ -116,24 +124,6 @@ CREATE TABLE IF NOT EXISTS histogram_sums (
     PRIMARY KEY (name, endpoint)
 );
 CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
--- Counters for /metrics, updated by whatever completes a job (complete, cancel, deadline, lost worker...).
-CREATE TRIGGER IF NOT EXISTS jobs_completed_counters AFTER UPDATE OF status ON jobs
-WHEN NEW.status = 'COMPLETED' AND OLD.status != 'COMPLETED'
-BEGIN
-    INSERT INTO completed_counts (endpoint, error_type, n)
-    VALUES (NEW.endpoint, COALESCE(json_extract(NEW.error, '$.error_type'), ''), 1)
-    ON CONFLICT (endpoint, error_type) DO UPDATE SET n = n + 1;
-    INSERT INTO histogram_sums (name, endpoint, total, n)
-    SELECT name, NEW.endpoint, json_extract(NEW.metrics, '$.' || name), 1
-    FROM (SELECT DISTINCT name FROM histogram_buckets)
-    WHERE json_extract(NEW.metrics, '$.' || name) IS NOT NULL
-    ON CONFLICT (name, endpoint) DO UPDATE SET total = total + excluded.total, n = n + 1;
-    INSERT INTO histogram_counts (name, endpoint, le, n)
-    SELECT name, NEW.endpoint, le, 1 FROM histogram_buckets
-    WHERE json_extract(NEW.metrics, '$.' || name) <= le
-    ON CONFLICT (name, endpoint, le) DO UPDATE SET n = n + 1;
-END;
-CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (status, finished_at);
 CREATE TABLE IF NOT EXISTS worker_stats (
     worker_id TEXT PRIMARY KEY,
     device TEXT NOT NULL,
@@ -160,18 +150,102 @@ CREATE TABLE IF NOT EXISTS worker_histograms (
 );
 """
 
+_TRIGGER = "jobs_completed_counters"
+COUNTERS_VERSION = "2"  # 1: a job counted in every bucket that holds it; 2: in the smallest only
+
+
+def _counters_trigger() -> str:
+    """The trigger that keeps the /metrics counters as jobs complete (whatever completes them: a worker, a
+    cancel, a deadline, a lost worker).
+
+    A job's value is counted in one bucket, the smallest that holds it (``metric_histogram`` adds them up),
+    with the names and bounds written out: counting it in every bucket above, with a JSON path built per
+    bucket row, cost three times a job's own UPDATE."""
+    lines = [
+        "INSERT INTO completed_counts (endpoint, error_type, n)",
+        "VALUES (NEW.endpoint, COALESCE(json_extract(NEW.error, '$.error_type'), ''), 1)",
+        "ON CONFLICT (endpoint, error_type) DO UPDATE SET n = n + 1;",
+    ]
+    for name in HISTOGRAM_BUCKETS:
+        value = f"(SELECT json_extract(NEW.metrics, '$.{name}') AS v)"
+        bucket = " ".join(f"WHEN v <= {float(le)!r} THEN {float(le)!r}" for le in HISTOGRAM_BUCKETS[name])
+        lines += [
+            f"INSERT INTO histogram_sums (name, endpoint, total, n) SELECT '{name}', NEW.endpoint, v, 1 FROM {value}",
+            "WHERE v IS NOT NULL ON CONFLICT (name, endpoint) DO UPDATE SET total = total + excluded.total, n = n + 1;",
+            f"INSERT INTO histogram_counts (name, endpoint, le, n) SELECT '{name}', NEW.endpoint, le, 1",
+            f"FROM (SELECT CASE {bucket} END AS le FROM {value}) WHERE le IS NOT NULL",
+            "ON CONFLICT (name, endpoint, le) DO UPDATE SET n = n + 1;",
+        ]
+    body = "\n    ".join(lines)
+    return (
+        f"CREATE TRIGGER {_TRIGGER} AFTER UPDATE OF status ON jobs\n"
+        f"WHEN NEW.status = 'COMPLETED' AND OLD.status != 'COMPLETED'\nBEGIN\n    {body}\nEND"
+    )
+
+
 _JOB_COLUMNS = (
     "id, endpoint, input, status, priority, key_id, base_url, created_at, started_at, finished_at, "
     "start_deadline, webhook_url, attempts, cancel_requested, worker_id, result, error, metrics"
 )
 
 
-_WRITE_LOCKS: dict[Path, threading.Lock] = {}
+LOCK_POLL_S = 0.00005
 
 
-def _write_lock(path: Path) -> threading.Lock:
-    """One lock per database file and process (a worker opens several stores on one file)."""
-    return _WRITE_LOCKS.setdefault(path.resolve(), threading.Lock())
+class WriterLock:
+    """Writers of one database take turns: a thread lock within the process, then ``flock`` on a lock file
+    beside the database across processes.
+
+    SQLite's own busy handler makes a writer that finds the database locked sleep 1, 2, 5, 10 ... ms
+    before trying again, which is most of a short request's latency under load; a process blocked in
+    ``flock`` is woken the moment the lock is released. (Other programs writing the file still meet
+    SQLite's busy timeout.)
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._thread_lock = threading.Lock()
+        self._fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def acquire(self, timeout: float | None = None) -> bool:
+        """Wait for the lock (``timeout`` None), or give up after ``timeout`` seconds and return False."""
+        if not self._thread_lock.acquire(timeout=-1 if timeout is None else timeout):
+            return False
+        try:
+            if timeout is None:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                return True
+            deadline = time.monotonic() + timeout
+            while True:  # flock cannot time out: poll (the writers' transactions last a fraction of this)
+                try:
+                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return True
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        self._thread_lock.release()
+                        return False
+                    time.sleep(LOCK_POLL_S)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+
+    def release(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._thread_lock.release()
+
+
+_WRITER_LOCKS: dict[Path, WriterLock] = {}
+_WRITER_LOCKS_GUARD = threading.Lock()
+
+
+def _writer_lock(path: Path) -> WriterLock:
+    """One per database file and process (a worker opens several stores on one file; a second ``flock``
+    through the same process's lock would not exclude the first)."""
+    path = path.resolve()
+    with _WRITER_LOCKS_GUARD:
+        lock = _WRITER_LOCKS.get(path)
+        if lock is None:
+            lock = _WRITER_LOCKS[path] = WriterLock(path)
+        return lock
 
 
 def _loads(value: str | None) -> Any:
@@ -270,6 +344,12 @@ def _row_to_job(row: sqlite3.Row) -> Job:
     )
 
 
+# What the API's event loop waits, at most, for another writer before handing its submit to a thread: the
+# workers' transactions (claim, start, complete) take a fraction of it; a thread hop costs more CPU than
+# waiting them out, but a long transaction (a checkpoint, a purge) must not stall every request.
+TRY_CREATE_WAIT_S = 0.001
+
+
 class SQLiteJobStore(SingleJobCalls):
     local = True
     transient_errors: tuple[type[Exception], ...] = (sqlite3.OperationalError,)  # "database is locked"
@@ -280,7 +360,7 @@ class SQLiteJobStore(SingleJobCalls):
         self.clock = clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._write_lock = _write_lock(self.path)
+        self._writer = _writer_lock(self.path)
         self._db().executescript(SCHEMA)
         # Wake-ups for waiters in any process using this database (published after each commit).
         self.events = LocalNotifier(self.path.parent / f"{self.path.stem}.notify")
@@ -305,18 +385,25 @@ class SQLiteJobStore(SingleJobCalls):
         return db
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on an exception); the caller holds the writer lock."""
         db = self._db()
-        # Writers of one process queue on a lock: SQLite's own busy handler would make them sleep 1, 2,
-        # 5, 10 ... ms between retries, which is most of a short request's latency under load.
-        with self._write_lock:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        self._writer.acquire()
+        try:
+            with self._transaction() as db:
                 yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        finally:
+            self._writer.release()
 
     def _publish(self, notes: list[tuple[str, str]]) -> None:
         """One datagram per channel for all of a commit's notifications."""
@@ -340,25 +427,13 @@ class SQLiteJobStore(SingleJobCalls):
         self.events.publish(QUEUE, job.endpoint)
 
     def try_create(self, job: Job) -> bool:
-        if not self._write_lock.acquire(blocking=False):
+        if not self._writer.acquire(timeout=TRY_CREATE_WAIT_S):
             return False
         try:
-            db = self._db()
-            db.execute("PRAGMA busy_timeout=0")  # another process holding the database: SQLITE_BUSY at once
-            try:
-                db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError:
-                return False
-            finally:
-                db.execute("PRAGMA busy_timeout=30000")
-            try:
+            with self._transaction() as db:
                 _insert_job(db, job)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
         finally:
-            self._write_lock.release()
+            self._writer.release()
         self.events.publish(QUEUE, job.endpoint)
         return True
 
@@ -427,13 +502,22 @@ class SQLiteJobStore(SingleJobCalls):
         ]
 
     def _init_counters(self) -> None:
-        """Register the histogram buckets; a store made before counters existed is counted once from its jobs."""
+        """Register the histogram buckets and the counting trigger; a store whose counters are missing or
+        kept another way (before ``COUNTERS_VERSION``) is counted once from its jobs."""
         with self._write() as db:
+            trigger = _counters_trigger()
+            row = db.execute(
+                "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?", (_TRIGGER,)
+            ).fetchone()
+            if row is None or row[0] != trigger:
+                db.execute(f"DROP TRIGGER IF EXISTS {_TRIGGER}")
+                db.execute(trigger)
             db.executemany(
                 "INSERT OR IGNORE INTO histogram_buckets (name, le) VALUES (?, ?)",
                 [(name, float(le)) for name, buckets in HISTOGRAM_BUCKETS.items() for le in buckets],
             )
-            if db.execute("SELECT 1 FROM store_meta WHERE key = 'counters'").fetchone():
+            version = db.execute("SELECT value FROM store_meta WHERE key = 'counters'").fetchone()
+            if version is not None and version[0] == COUNTERS_VERSION:
                 return
             for table in ("completed_counts", "histogram_sums", "histogram_counts"):  # a full recount, once
                 db.execute(f"DELETE FROM {table}")
@@ -449,11 +533,12 @@ class SQLiteJobStore(SingleJobCalls):
                 "AND json_extract(j.metrics, '$.' || b.name) IS NOT NULL GROUP BY 1, 2"
             )
             db.execute(
-                "INSERT INTO histogram_counts (name, endpoint, le, n) SELECT b.name, j.endpoint, b.le, COUNT(*) "
-                "FROM jobs j, histogram_buckets b WHERE j.status = 'COMPLETED' "
-                "AND json_extract(j.metrics, '$.' || b.name) <= b.le GROUP BY 1, 2, 3"
+                "INSERT INTO histogram_counts (name, endpoint, le, n) SELECT name, endpoint, le, COUNT(*) FROM ("
+                "SELECT b.name, j.endpoint, MIN(b.le) AS le FROM jobs j, histogram_buckets b "
+                "WHERE j.status = 'COMPLETED' AND json_extract(j.metrics, '$.' || b.name) <= b.le "
+                "GROUP BY j.id, b.name) GROUP BY 1, 2, 3"
             )
-            db.execute("INSERT INTO store_meta (key, value) VALUES ('counters', '1')")
+            db.execute("INSERT OR REPLACE INTO store_meta (key, value) VALUES ('counters', ?)", (COUNTERS_VERSION,))
 
     def completed_stats(self) -> list[sqlite3.Row]:
         """Per-endpoint counts of finished jobs by error type ('' = success), for /metrics (from counters)."""
@@ -465,12 +550,16 @@ class SQLiteJobStore(SingleJobCalls):
         Read from counters kept as jobs complete; ``buckets`` must be ``HISTOGRAM_BUCKETS[name]``.
         """
         db = self._db()
-        counts: dict[tuple[str, float], int] = {
-            (r["endpoint"], r["le"]): int(r["n"])
-            for r in db.execute("SELECT endpoint, le, n FROM histogram_counts WHERE name = ?", (name,))
-        }
+        counted: dict[str, list[tuple[float, int]]] = {}  # endpoint -> (bucket, jobs whose smallest it is)
+        for r in db.execute("SELECT endpoint, le, n FROM histogram_counts WHERE name = ?", (name,)):
+            counted.setdefault(r["endpoint"], []).append((r["le"], int(r["n"])))
         return [
-            (r["endpoint"], [counts.get((r["endpoint"], float(b)), 0) for b in buckets], float(r["total"]), int(r["n"]))
+            (
+                r["endpoint"],
+                [sum(n for le, n in counted.get(r["endpoint"], ()) if le <= b) for b in buckets],
+                float(r["total"]),
+                int(r["n"]),
+            )
             for r in db.execute("SELECT endpoint, total, n FROM histogram_sums WHERE name = ?", (name,))
         ]
 
@@ -585,7 +674,7 @@ class SQLiteJobStore(SingleJobCalls):
                 "ORDER BY priority_rank, created_at LIMIT ?",
                 (endpoint, now, max(64, max_batch * 8)),
             ).fetchall()
-            jobs = [_row_to_job(r) for r in rows]
+            jobs = (_row_to_job(r) for r in rows)  # converted only as far as the batch needs
             if max_running_per_key is not None:
                 running = db.execute(
                     "SELECT key_id, COUNT(*) FROM jobs WHERE status = 'IN_PROGRESS' AND key_id IS NOT NULL "
@@ -800,10 +889,12 @@ class SQLiteJobStore(SingleJobCalls):
                 "INSERT OR REPLACE INTO pipeline_states VALUES (?,?,?,?,?,?)",
                 (state.endpoint, state.worker_id, state.state, state.reason, state.device, state.updated_at),
             )
+        self.events.publish(JOBS, STATES)
 
     def clear_pipeline_states(self, worker_id: str) -> None:
         with self._write() as db:
             db.execute("DELETE FROM pipeline_states WHERE worker_id = ?", (worker_id,))
+        self.events.publish(JOBS, STATES)
 
     # -- webhook outbox
     def claim_webhooks(self, owner: str, limit: int, lease_s: float, now: float | None = None) -> list[WebhookDelivery]:
