@@ -19,11 +19,15 @@ from pipelines.common.schema_types import IMAGE_SIZE_PRESETS, ImageSize, resolve
 from pipelines.contract import EndpointSpec
 from server.config import Settings
 from server.errors import FalError, error_text
-from server.store import Job, JobStore, LogEntry
+from server.store import Job, JobStore, LogEntry, PipelineState
 from server.urls import request_urls
 
 READY_STALE_S = 30.0  # workers re-report every second; older reports belong to dead workers
 MAX_START_TIMEOUT_S = 7 * 24 * 3600.0  # a longer start deadline is a mistake, not a wish
+
+
+def new_request_id() -> str:
+    return str(uuid.uuid4())
 
 
 def iso(ts: float) -> str:
@@ -76,7 +80,7 @@ def parse_start_timeout(value: str | None) -> float | None:
 
 def unavailable_reason(
     spec: EndpointSpec,
-    store: JobStore,
+    reports: list[PipelineState],
     enabled: bool = True,
     *,
     silent_since: float | None = None,
@@ -84,7 +88,8 @@ def unavailable_reason(
 ) -> str | None:
     """Why no worker can run this endpoint now, or None when one can (or is still loading it).
 
-    Unavailable: the pipeline is not built or is disabled, or every live worker reports it failed. With
+    ``reports``: the workers' pipeline states (``store.pipeline_states()``). Unavailable: the pipeline is not
+    built or is disabled, or every live worker reports it failed. With
     ``silent_since`` (e.g. the API's start), also when no live worker has reported it for ``grace_s``
     since then or since its last report.
     """
@@ -93,7 +98,7 @@ def unavailable_reason(
     if not enabled:
         return f"{spec.endpoint_id} is disabled in this server's configuration"
     now = time.time()
-    states = [s for s in store.pipeline_states() if s.endpoint == spec.endpoint_id]
+    states = [s for s in reports if s.endpoint == spec.endpoint_id]
     live = [s for s in states if now - s.updated_at < READY_STALE_S]
     if live and all(s.state == "failed" for s in live):
         return f"{spec.endpoint_id} is unavailable: {live[0].reason}"
@@ -104,9 +109,9 @@ def unavailable_reason(
     return None
 
 
-def ensure_available(spec: EndpointSpec, store: JobStore, enabled: bool = True) -> None:
+def ensure_available(spec: EndpointSpec, reports: list[PipelineState], enabled: bool = True) -> None:
     """503 unless some worker can run this endpoint (or is still loading it)."""
-    reason = unavailable_reason(spec, store, enabled)
+    reason = unavailable_reason(spec, reports, enabled)
     if reason is not None:
         raise FalError(503, reason, "pipeline_unavailable")
 
@@ -117,13 +122,14 @@ def fail_unservable(
     """Complete the queued jobs of every endpoint no live worker can serve with the 503 a submit would get
     now (a job accepted just before its pipeline failed to load must not wait forever)."""
     failed: dict[str, list[str]] = {}
+    reports = store.pipeline_states()
     for endpoint in store.queue_depths():
         spec = endpoints.get(endpoint)
         if spec is None:
             continue
         reason = unavailable_reason(
             spec,
-            store,
+            reports,
             settings.pipeline(endpoint).enabled,
             silent_since=api_started,
             grace_s=settings.no_worker_grace_s,
@@ -172,15 +178,20 @@ def new_job(
     webhook_url: str | None,
     enabled: bool = True,
     caps: tuple[int, int] | None = None,
+    reports: list[PipelineState] | None = None,
+    job_id: str | None = None,
 ) -> Job:
-    """The job a submit creates, after every check that may refuse it (422, 503)."""
+    """The job a submit creates, after every check that may refuse it (422, 503).
+
+    ``reports``: the workers' pipeline states if the caller has them (else read from the store); ``job_id``:
+    an id chosen beforehand (a waiter registered for it before the job exists)."""
     if caps is not None:  # a request this server refuses is a 422, like any invalid field, whatever the load
         check_caps(body, caps)
-    ensure_available(spec, store, enabled)
+    ensure_available(spec, store.pipeline_states() if reports is None else reports, enabled)
     timeout = parse_start_timeout(start_timeout)
     now = time.time()
     job = Job(
-        id=str(uuid.uuid4()),
+        id=job_id or new_request_id(),
         endpoint=spec.endpoint_id,
         input=body.model_dump(mode="json"),
         priority=parse_priority(priority),  # type: ignore[arg-type]
@@ -201,8 +212,8 @@ def submit(store: JobStore, spec: EndpointSpec, body: BaseModel, **options: Any)
 
 
 async def submit_from_loop(store: JobStore, spec: EndpointSpec, body: BaseModel, **options: Any) -> Job:
-    """``submit`` from the event loop: in place when the store answers without waiting (a local SQLite
-    file whose write lock is free; no thread hop on the common path), else from a thread."""
+    """``submit`` from the event loop: in place when the store answers at once (a local SQLite file whose
+    write lock is free or soon free; no thread hop on the common path), else from a thread."""
     if not store.local:
         return await to_thread.run_sync(functools.partial(submit, store, spec, body, **options))
     job = new_job(store, spec, body, **options)

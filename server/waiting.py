@@ -4,6 +4,7 @@
 notification out to the requests waiting in this process (``/run``, SSE status streams) and to the
 webhook sender. A waiter always re-reads the store when woken (the store is the truth; a notification
 only says "look now") and at least every ``poll_fallback_s``, so a lost notification costs latency.
+It also keeps the workers' pipeline states that submits check, re-read when a worker reports them.
 """
 
 from __future__ import annotations
@@ -12,16 +13,20 @@ import asyncio
 import contextlib
 import enum
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Iterator
 
 from anyio import to_thread
 from fastapi import Request
 
 from server.config import Settings
-from server.store import Job, JobStore
-from server.store.notify import DONE, JOBS, MISSED, WEBHOOK, Subscription
+from server.store import Job, JobStore, PipelineState
+from server.store.notify import DONE, JOBS, MISSED, STATES, WEBHOOK, Subscription
 
 ONLY_DONE = frozenset({DONE})
+# Pipeline states are re-read when a worker reports them (it re-reports every second) and at least this often,
+# should that notification be lost.
+STATES_MAX_AGE_S = 2.0
 
 
 class Interrupted(enum.Enum):
@@ -67,6 +72,17 @@ class JobEvents:
         self._sub: Subscription | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.shutting_down = threading.Event()  # `serve` got SIGTERM/SIGINT: waiting runs answer 503
+        self._states: tuple[float, list[PipelineState]] | None = None  # (monotonic time read, states)
+
+    def pipeline_states(self) -> list[PipelineState]:
+        """The workers' pipeline states: the store's, re-read only after a worker reported (any thread)."""
+        cached = self._states
+        if cached is not None and self._sub is not None and time.monotonic() - cached[0] < STATES_MAX_AGE_S:
+            return cached[1]
+        read_at = time.monotonic()
+        states = self.store.pipeline_states()
+        self._states = (read_at, states)
+        return states
 
     def start(self) -> None:
         """In the running event loop (the app's lifespan)."""
@@ -86,8 +102,12 @@ class JobEvents:
     def _dispatch(self) -> None:
         assert self._sub is not None
         for payload in self._sub.drain():
+            if payload in (STATES, MISSED):
+                self._states = None
             if payload == MISSED:
                 self._wake_all()
+                continue
+            if payload == STATES:
                 continue
             job_id, _, kind = payload.partition(" ")
             if kind == WEBHOOK:
@@ -137,18 +157,24 @@ async def _client_gone(request: Request) -> None:
         pass
 
 
-async def wait_until_done(request: Request, job_id: str) -> Job | Interrupted:
+async def wait_until_done(request: Request, job_id: str, submit: Awaitable[object] | None = None) -> Job | Interrupted:
     """The finished job, or why the wait ended first (the caller decides what then).
 
-    A local store is read on the event loop: a read by primary key never waits for writers (SQLite WAL),
-    and a thread hop per check cost more than the read. A remote one (PostgreSQL) is read from a thread.
+    With ``submit`` (what queues the job), the wait is registered before the job exists and the store is
+    first read when woken: a job just queued is not finished. A local store is read on the event loop: a
+    read by primary key never waits for writers (SQLite WAL), and a thread hop per check cost more than the
+    read. A remote one (PostgreSQL) is read from a thread.
     """
     store: JobStore = request.app.state.store
     events: JobEvents = request.app.state.job_events
     with events.watch(job_id, ONLY_DONE) as watch:
+        if submit is not None:
+            await submit
         gone = asyncio.ensure_future(_client_gone(request))
         gone.add_done_callback(lambda _: watch.event.set())
         try:
+            if submit is not None:
+                await watch.wait()
             while True:
                 current = store.get(job_id) if store.local else await to_thread.run_sync(store.get, job_id)
                 assert current is not None

@@ -55,6 +55,7 @@ def submit_route(spec: EndpointSpec):
             webhook_url=fal_webhook,
             enabled=request.app.state.settings.pipeline(spec.endpoint_id).enabled,
             caps=request.app.state.settings.caps(spec.endpoint_id),
+            reports=request.app.state.job_events.pipeline_states(),
         )
         payload = {
             "status": "IN_QUEUE",

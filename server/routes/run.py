@@ -42,7 +42,8 @@ def run_route(spec: EndpointSpec):
         key_id: str | None = Depends(caller_key_id),
     ) -> Response:
         store: JobStore = request.app.state.store
-        job = await jobs.submit_from_loop(
+        job_id = jobs.new_request_id()
+        submit = jobs.submit_from_loop(
             store,
             spec,
             body,
@@ -53,13 +54,15 @@ def run_route(spec: EndpointSpec):
             webhook_url=None,
             enabled=request.app.state.settings.pipeline(spec.endpoint_id).enabled,
             caps=request.app.state.settings.caps(spec.endpoint_id),
+            reports=request.app.state.job_events.pipeline_states(),
+            job_id=job_id,
         )
-        current = await wait_until_done(request, job.id)
+        current = await wait_until_done(request, job_id, submit)
         if current is CLIENT_GONE:
-            await to_thread.run_sync(store.request_cancel, job.id)
+            await to_thread.run_sync(store.request_cancel, job_id)
             return Response(status_code=499)
         if current is SHUTTING_DOWN:
-            return await shutdown_response(store, job.id)
+            return await shutdown_response(store, job_id)
         if current.error:
             return job_error_response(current.error, current.id)
         return JSONResponse(current.result, headers={"x-fal-request-id": current.id})

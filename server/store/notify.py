@@ -28,6 +28,7 @@ from typing import Protocol
 QUEUE = "queue"  # "<endpoint id>": a job became claimable (submitted, released, re-queued)
 JOBS = "jobs"  # "<job id> <event>": a job changed (see the events below)
 STARTED, LOG, DONE, WEBHOOK = "started", "log", "done", "webhook"  # WEBHOOK: an outbox row is due now
+STATES = "states"  # alone on the jobs channel: a worker reported its pipelines' states (ready, failed...)
 MISSED = "*"  # delivered instead of what may have been lost: anything may have changed, re-check it all
 
 MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to 107 bytes on Linux

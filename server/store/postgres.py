@@ -34,7 +34,7 @@ from server.store.base import (
     within_key_cap,
 )
 from server.store.migrations import ADVISORY_LOCK, upgrade
-from server.store.notify import DONE, JOBS, LOG, QUEUE, STARTED, WEBHOOK
+from server.store.notify import DONE, JOBS, LOG, QUEUE, STARTED, STATES, WEBHOOK
 from server.store.pg_notify import PostgresNotifier, pg_channel
 
 _JOB_COLUMNS = (
@@ -425,7 +425,7 @@ class PostgresJobStore(SingleJobCalls):
                 "ORDER BY priority_rank, created_at LIMIT %s FOR UPDATE SKIP LOCKED",
                 (endpoint, now, max(64, max_batch * 8)),
             ).fetchall()
-            jobs = [_job(r) for r in rows]
+            jobs = (_job(r) for r in rows)  # converted only as far as the batch needs
             if max_running_per_key is not None:
                 running = conn.execute(
                     "SELECT key_id, COUNT(*) AS n FROM jobs WHERE status = 'IN_PROGRESS' AND key_id IS NOT NULL "
@@ -587,10 +587,12 @@ class PostgresJobStore(SingleJobCalls):
                 "updated_at = EXCLUDED.updated_at",
                 (state.endpoint, state.worker_id, state.state, state.reason, state.device, state.updated_at),
             )
+            _notify(conn, [(JOBS, STATES)])
 
     def clear_pipeline_states(self, worker_id: str) -> None:
         with self.pool.connection() as conn:
             conn.execute("DELETE FROM pipeline_states WHERE worker_id = %s", (worker_id,))
+            _notify(conn, [(JOBS, STATES)])
 
     # -- webhook outbox
     def claim_webhooks(self, owner: str, limit: int, lease_s: float, now: float | None = None) -> list[WebhookDelivery]:

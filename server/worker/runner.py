@@ -45,7 +45,7 @@ from server.store.retrying import retrying
 from server.worker.context import LOG_BUFFER_S, BatchContext, JobContext
 from server.worker.host_memory import TRIM_AFTER_DECODED_BYTES, fitting_prefix, held_bytes, release_freed_memory
 from server.worker.identity import worker_id as default_worker_id
-from server.worker.inputs import make_image_loader
+from server.worker.inputs import make_image_loader, quick_to_prepare
 from server.worker.memory import Residency, default_budget, parse_bytes
 from server.worker.stats import WorkerStats
 from server.worker.stepping import StepLoop
@@ -352,8 +352,8 @@ class Worker:
             if jobs:
                 pipe = loaded.pipeline
                 assert pipe is not None
-                if len(jobs) == 1:  # no thread hop for a lone job
-                    prepared = [self._prepare(pipe, jobs[0])]
+                if len(jobs) == 1 or all(quick_to_prepare(j.input) for j in jobs):  # no thread hop
+                    prepared = [self._prepare(pipe, job) for job in jobs]
                 else:
                     prepared = list(self._prepare_pool.map(lambda j, p=pipe: self._prepare(p, j), jobs))
                 jobs, prepared = self._within_byte_budget(jobs, prepared)
