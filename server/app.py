@@ -71,8 +71,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_exception_handler(transient, on_store_unavailable)
     app.add_exception_handler(Exception, on_unexpected_error)
 
-    app.include_router(queue.build_router(endpoints))
+    # /run first: routes are matched in order, and a sync run is the request whose overhead shows most
     app.include_router(run.build_router(endpoints))
+    app.include_router(queue.build_router(endpoints))
     app.include_router(files.router)
     app.include_router(storage.router)
     app.include_router(ops.router)
