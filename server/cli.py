@@ -237,6 +237,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from server.app import create_app
+    from server.http_protocol import CoalescingHttpToolsProtocol
 
     devices = [] if args.no_worker else (args.device or visible_devices() or ["cpu"])
     supervisor = WorkerSupervisor(devices, settings.resolved_store_url, settings.max_attempts)
@@ -246,6 +247,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
     config = uvicorn.Config(
         app,
+        http=CoalescingHttpToolsProtocol,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),

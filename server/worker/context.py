@@ -60,9 +60,23 @@ class JobContext:
                 if not self._pending:
                     self._oldest_pending = time.monotonic()
                 self._pending += [(job.id, entry) for job in targets]
-            log.info("%s [%s] %s", targets[0].endpoint, ",".join(j.id[:8] for j in targets), message)
-            if time.monotonic() - self._created >= LOG_BUFFER_S:
+            long_work = time.monotonic() - self._created >= LOG_BUFFER_S
+            self._mirror(targets, message, level, long_work)
+            if long_work:
                 self.flush()
+
+    @staticmethod
+    def _mirror(targets: list[Job], message: str, level: str, long_work: bool) -> None:
+        """Repeat a job's line in the process log: INFO lines only once the batch has run ``LOG_BUFFER_S``
+        (progress of long work), DEBUG before that (a fast request would otherwise cost several formatted
+        lines there; clients read them per request); other levels as they are."""
+        number = logging.getLevelName(level)
+        if not isinstance(number, int):
+            number = logging.INFO
+        if number == logging.INFO and not long_work:
+            number = logging.DEBUG
+        if log.isEnabledFor(number):
+            log.log(number, "%s [%s] %s", targets[0].endpoint, ",".join(j.id[:8] for j in targets), message)
 
     def take_logs(self, job_ids: set[str] | None = None) -> list[tuple[str, LogEntry]]:
         """The buffered lines (of ``job_ids`` only, if given), removed from the buffer: the caller writes
