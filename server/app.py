@@ -24,6 +24,7 @@ from server.errors import (
     on_validation_error,
 )
 from server.files import open_file_store
+from server.group_commit import GroupCommit
 from server.janitor import janitor
 from server.limits import BodyLimitMiddleware
 from server.local_secrets import load_or_create_secret
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.endpoints = endpoints
     app.state.store = open_store(settings.resolved_store_url)
     app.state.job_events = JobEvents(app.state.store, settings)  # wakes /run, status streams, webhooks
+    app.state.job_writes = GroupCommit(app.state.store)  # the submits of one event-loop turn, one transaction
     app.state.files = open_file_store(settings.files_url, settings.files_dir, settings.s3_endpoint_url)
     app.state.key_id_secret = load_or_create_secret(settings.secrets_path, KEY_ID_SECRET_FILE)
     webhooks.install(app, settings)  # signing key, submit-time URL check, JWKS routes

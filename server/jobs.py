@@ -19,6 +19,7 @@ from pipelines.common.schema_types import IMAGE_SIZE_PRESETS, ImageSize, resolve
 from pipelines.contract import EndpointSpec
 from server.config import Settings
 from server.errors import FalError, error_text
+from server.group_commit import GroupCommit
 from server.store import Job, JobStore, LogEntry, PipelineState
 from server.urls import request_urls
 
@@ -211,14 +212,14 @@ def submit(store: JobStore, spec: EndpointSpec, body: BaseModel, **options: Any)
     return job
 
 
-async def submit_from_loop(store: JobStore, spec: EndpointSpec, body: BaseModel, **options: Any) -> Job:
-    """``submit`` from the event loop: in place when the store answers at once (a local SQLite file whose
-    write lock is free or soon free; no thread hop on the common path), else from a thread."""
+async def submit_from_loop(writes: GroupCommit, spec: EndpointSpec, body: BaseModel, **options: Any) -> Job:
+    """``submit`` from the event loop. A local store (SQLite) is written on the loop, together with the other
+    submits of this turn (``GroupCommit``: no thread hop on the common path); a remote one from a thread."""
+    store = writes.store
     if not store.local:
         return await to_thread.run_sync(functools.partial(submit, store, spec, body, **options))
     job = new_job(store, spec, body, **options)
-    if not store.try_create(job):
-        await to_thread.run_sync(store.create, job)
+    await writes.create(job)
     return job
 
 

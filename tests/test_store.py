@@ -6,13 +6,13 @@ from __future__ import annotations
 import multiprocessing as mp
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from server.store import Job, JobStore, LogEntry, PipelineState, SQLiteJobStore, open_store
 from server.store.base import HISTOGRAM_BUCKETS
 from server.store.postgres import PostgresJobStore
+from tests.support.sqlite_writer import hold_the_write_lock
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -356,13 +356,6 @@ def test_a_store_made_before_counters_is_counted_once(store: JobStore, store_url
         reopened.close()
 
 
-def _hold_the_write_lock(path: str, held: Any, release: Any) -> None:
-    store = SQLiteJobStore(path)
-    with store._write():
-        held.set()
-        release.wait(30)
-
-
 def test_sqlite_submit_on_the_event_loop_never_waits_for_another_process_writing(tmp_path: Path) -> None:
     """``try_create`` (the API's submit on its event loop) gives up at once while another process writes;
     ``create`` waits and goes on as soon as that writer commits."""
@@ -370,16 +363,16 @@ def test_sqlite_submit_on_the_event_loop_never_waits_for_another_process_writing
     store = SQLiteJobStore(path)
     ctx = mp.get_context("spawn")
     held, release = ctx.Event(), ctx.Event()
-    holder = ctx.Process(target=_hold_the_write_lock, args=(path, held, release))
+    holder = ctx.Process(target=hold_the_write_lock, args=(path, held, release))
     holder.start()
     try:
         assert held.wait(60)
         first, second = (Job(id=f"j{i}", endpoint="a/b", input={"k": 0}, created_at=1000.0 + i) for i in range(2))
-        assert store.try_create(first) is False
+        assert store.try_create([first]) is False
         assert store.queue_depths() == {}
         release.set()
         store.create(first)  # blocks until the holder commits
-        assert store.try_create(second) is True
+        assert store.try_create([second]) is True
         assert store.queue_depths() == {"a/b": 2}
     finally:
         release.set()

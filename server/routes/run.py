@@ -44,7 +44,7 @@ def run_route(spec: EndpointSpec):
         store: JobStore = request.app.state.store
         job_id = jobs.new_request_id()
         submit = jobs.submit_from_loop(
-            store,
+            request.app.state.job_writes,
             spec,
             body,
             base=base_url(request),

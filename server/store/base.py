@@ -156,8 +156,12 @@ class JobStore(Protocol):
 
     # -- API side
     def create(self, job: Job) -> None: ...
-    def try_create(self, job: Job) -> bool:
-        """``create`` only if the database's write lock is free within a moment (another writer's short
+    def create_many(self, jobs: Sequence[Job]) -> None:
+        """Every job in one transaction (all or none)."""
+        ...
+
+    def try_create(self, jobs: Sequence[Job]) -> bool:
+        """``create_many`` only if the database's write lock is free within a moment (another writer's short
         transaction is waited out, a long one is not); False otherwise, nothing written."""
         ...
 

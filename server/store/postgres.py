@@ -204,16 +204,20 @@ class PostgresJobStore(SingleJobCalls):
 
     # -- API side
     def create(self, job: Job) -> None:
+        self.create_many([job])
+
+    def create_many(self, jobs: Sequence[Job]) -> None:
         from psycopg.types.json import Jsonb
 
         with self.pool.connection() as conn:
-            conn.execute(
-                f"INSERT INTO jobs ({JOB_INSERT_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-                job_insert_values(job, Jsonb),
-            )
-            _notify(conn, [(QUEUE, job.endpoint)])
+            for job in jobs:
+                conn.execute(
+                    f"INSERT INTO jobs ({JOB_INSERT_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                    job_insert_values(job, Jsonb),
+                )
+            _notify(conn, [(QUEUE, endpoint) for endpoint in dict.fromkeys(job.endpoint for job in jobs)])
 
-    def try_create(self, job: Job) -> bool:
+    def try_create(self, jobs: Sequence[Job]) -> bool:
         return False  # never without waiting (local is False: the API does not call this)
 
     def get(self, job_id: str) -> Job | None:

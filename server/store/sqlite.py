@@ -422,19 +422,24 @@ class SQLiteJobStore(SingleJobCalls):
 
     # -- API side
     def create(self, job: Job) -> None:
-        with self._write() as db:
-            _insert_job(db, job)
-        self.events.publish(QUEUE, job.endpoint)
+        self.create_many([job])
 
-    def try_create(self, job: Job) -> bool:
+    def create_many(self, jobs: Sequence[Job]) -> None:
+        with self._write() as db:
+            for job in jobs:
+                _insert_job(db, job)
+        self._publish([(QUEUE, job.endpoint) for job in jobs])
+
+    def try_create(self, jobs: Sequence[Job]) -> bool:
         if not self._writer.acquire(timeout=TRY_CREATE_WAIT_S):
             return False
         try:
             with self._transaction() as db:
-                _insert_job(db, job)
+                for job in jobs:
+                    _insert_job(db, job)
         finally:
             self._writer.release()
-        self.events.publish(QUEUE, job.endpoint)
+        self._publish([(QUEUE, job.endpoint) for job in jobs])
         return True
 
     def get(self, job_id: str) -> Job | None:
