@@ -61,7 +61,7 @@ def run(repo: Path, script: str, *args: str, gpu: bool = False, **env: str) -> l
 
 def test_serve_installs_the_cpu_set_once_then_starts_without_reinstalling(repo):
     assert run(repo, "serve.sh", "--tiny") == [
-        "uv sync --frozen --inexact --extra cpu",
+        "uv sync --compile-bytecode --frozen --inexact --extra cpu",
         "fal-onprem serve --tiny",
     ]
     assert run(repo, "serve.sh", "--tiny") == ["fal-onprem serve --tiny"]
@@ -71,16 +71,17 @@ def test_serve_reinstalls_after_the_lock_changes(repo):
     run(repo, "serve.sh")
     with (repo / "uv.lock").open("a") as f:
         f.write("\n# changed\n")
-    assert run(repo, "serve.sh")[0] == "uv sync --frozen --inexact --extra cpu"
+    assert run(repo, "serve.sh")[0] == "uv sync --compile-bytecode --frozen --inexact --extra cpu"
 
 
 def test_a_gpu_host_gets_the_gpu_build_from_both_scripts(repo):
-    assert run(repo, "serve.sh", gpu=True)[0] == "uv sync --frozen --inexact --extra gpu"
+    assert run(repo, "serve.sh", gpu=True)[0] == "uv sync --compile-bytecode --frozen --inexact --extra gpu"
     calls = run(repo, "test.sh", "-k", "x", gpu=True)
-    assert calls[0] == "uv sync --locked --extra gpu --extra dev"
+    assert calls[0] == "uv sync --compile-bytecode --locked --extra gpu --extra dev"
     assert calls[-1] == "python -m pytest -k x"
 
 
 def test_a_forced_choice_wins_over_nvidia_smi_and_reinstalls(repo):
     run(repo, "serve.sh", gpu=True)
-    assert run(repo, "serve.sh", gpu=True, FAL_ONPREM_ACCEL="cpu")[0] == "uv sync --frozen --inexact --extra cpu"
+    calls = run(repo, "serve.sh", gpu=True, FAL_ONPREM_ACCEL="cpu")
+    assert calls[0] == "uv sync --compile-bytecode --frozen --inexact --extra cpu"
