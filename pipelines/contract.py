@@ -139,6 +139,7 @@ class Pipeline:
     max_wait_ms: ClassVar[int] = 0
     gpu_dtype: ClassVar[Dtype] = "float32"
     """The dtype the worker loads the pipeline in on a CUDA device unless configured otherwise (CPU: float32)."""
+    weights_manifest: ClassVar[str | None] = None  # weights/manifests/<name>.json: sizes for the memory budget
 
     def batch_key(self, inp: BaseModel) -> Hashable:
         """Jobs with equal keys may share one batch. Default: all jobs of the endpoint."""
@@ -169,9 +170,14 @@ class Pipeline:
 
     @classmethod
     def expected_resident_bytes(cls, source: WeightSource, dtype: Dtype = "float32") -> int:
-        """``resident_bytes`` before loading (e.g. the manifest's sizes at ``dtype``), so the worker can make
-        room first; 0 when unknown (the worker then measures after loading)."""
-        return 0
+        """``resident_bytes`` before loading, so the worker can make room first (or leave the pipeline on
+        standby at start): the manifest's sizes at ``dtype`` for the real shapes (``real``, ``random_full``);
+        0 when unknown (``tiny``, no manifest): the worker then measures after loading."""
+        if cls.weights_manifest is None or source.kind == "tiny":
+            return 0
+        from weights.summary import resident_bytes
+
+        return resident_bytes(cls.weights_manifest, 4 if dtype == "float32" else 2)
 
     def move_to(self, device: str) -> None:
         """Move the weights to ``device`` ("cpu" when evicted, the worker's device when needed again).

@@ -342,3 +342,58 @@ def test_out_of_memory_while_loading_evicts_the_others_and_retries(
     (done,) = h.wait_done(job)
     assert done.error is None
     assert h.worker.loaded[TWIN].resident and not h.worker.loaded[ENDPOINT].resident
+
+
+def _serve(h: Harness) -> None:
+    h.thread = threading.Thread(target=h.worker.serve_forever, daemon=True)
+    h.thread.start()
+
+
+def test_a_pipeline_whose_declared_size_does_not_fit_waits_on_standby_without_loading(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``expected_resident_bytes`` (the manifests' sizes for real weights): no load-then-evict at start."""
+    from tests.support.steps_pipeline_twin import StepsTwinPipeline
+
+    h = harness
+    StepsPipeline.gate = None
+    size = classmethod(lambda cls, source, dtype="float32": StepsPipeline.RESIDENT_BYTES)
+    monkeypatch.setattr(StepsTwinPipeline, "expected_resident_bytes", size)
+    h.settings.gpu_memory_budget = str(int(1.5 * StepsPipeline.RESIDENT_BYTES))
+    h.worker = Worker(h.settings, worker_id="w1")
+    h.store = h.worker.store
+    StepsPipeline.loads = 0
+    h.worker.load_pipelines()
+    assert StepsPipeline.loads == 1 and h.worker.loaded[ENDPOINT].resident
+    assert h.worker.states[TWIN][0] == "standby" and h.worker.loaded[TWIN].pipeline is None
+    job = h.submit(TWIN, seed=1, num_inference_steps=1)
+    _serve(h)
+    (done,) = h.wait_done(job)
+    assert done.error is None and StepsPipeline.loads == 2
+    assert any(m.startswith(f"Waiting for {TWIN} to load on cpu, evicting {ENDPOINT}") for m in h.messages(job))
+
+
+def test_out_of_memory_while_loading_at_start_leaves_the_pipeline_on_standby_not_failed(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sizes unknown and the device full at start: the pipeline loads later, when a request makes room."""
+    from tests.support.steps_pipeline_twin import StepsTwinPipeline
+
+    h = harness
+    StepsPipeline.gate = None
+    real_load = StepsTwinPipeline.load.__func__  # type: ignore[attr-defined]
+
+    def load_oom_next_to_others(cls: type, *args: object) -> object:
+        if h.worker.loaded[ENDPOINT].resident:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_load(cls, *args)
+
+    monkeypatch.setattr(StepsTwinPipeline, "load", classmethod(load_oom_next_to_others))
+    h.worker.load_pipelines()
+    assert h.worker.states[TWIN] == ("standby", "loads when a request needs it (out of device memory)")
+    assert not h.worker.loaded[TWIN].failed and h.worker.loaded[ENDPOINT].resident
+    job = h.submit(TWIN, seed=5, num_inference_steps=1)
+    _serve(h)
+    (done,) = h.wait_done(job)
+    assert done.error is None
+    assert h.worker.loaded[TWIN].resident and not h.worker.loaded[ENDPOINT].resident

@@ -35,13 +35,22 @@ def converted_bytes(f: WeightFile) -> int | None:
     return f.expected_bytes
 
 
-def gpu_bytes(f: WeightFile) -> int:
-    """Memory the file's tensors take on the GPU in the dtype the pipeline keeps them in."""
+def gpu_bytes(f: WeightFile, half_bytes: int = 2) -> int:
+    """Memory the file's tensors take on the GPU in the dtype the pipeline keeps them in. A manifest's dtype
+    is the one at the pipeline's default GPU dtype: 16-bit files follow the pipeline's dtype (``half_bytes``
+    per value when it runs in another), float32 ones stay float32 (VAEs, ID encoders, parsers)."""
     if f.dtype == "onnx":
         return f.expected_bytes or 0
+    if f.params and f.dtype in ("fp16", "bf16"):
+        return f.params * half_bytes
     if f.params and f.dtype in DTYPE_BYTES:
         return f.params * DTYPE_BYTES[f.dtype]
     return 0
+
+
+def resident_bytes(pipeline: str, half_bytes: int = 2) -> int:
+    """The device memory a pipeline's weights take once loaded (its manifest and those it requires)."""
+    return sum(gpu_bytes(f, half_bytes) for f in manifest(pipeline))
 
 
 @dataclass

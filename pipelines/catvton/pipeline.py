@@ -161,6 +161,7 @@ class CatVTONPipeline(StepwisePipeline):
     Output = CatVTONOutput
     max_batch: ClassVar[int] = 4
     gpu_dtype: ClassVar[Dtype] = "bfloat16"  # as the original runs
+    weights_manifest: ClassVar[str | None] = "catvton"
     max_wait_ms: ClassVar[int] = 50
 
     def __init__(self, networks: CatVTONNetworks, masker: AutoMasker) -> None:

@@ -102,6 +102,7 @@ class LeffaPoseTransferPipeline(StepwisePipeline):
     Output = LeffaPoseTransferOutput
     max_batch: ClassVar[int] = 4
     gpu_dtype: ClassVar[Dtype] = "float16"  # as the original runs
+    weights_manifest: ClassVar[str | None] = "leffa"
     max_wait_ms: ClassVar[int] = 50
 
     def __init__(self, networks: LeffaNetworks, densepose: DensePose, safety: SafetyChecker,

@@ -73,6 +73,7 @@ class LivePortraitPipeline(Pipeline):
     max_batch: ClassVar[int] = 8
     max_wait_ms: ClassVar[int] = 20
     gpu_dtype: ClassVar[Dtype] = "float16"  # the original's default (flag_use_half_precision)
+    weights_manifest: ClassVar[str | None] = "liveportrait"
 
     def __init__(self, networks: LivePortraitNetworks, faces: FaceAnalyzer) -> None:
         self.networks = networks

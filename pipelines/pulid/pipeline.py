@@ -118,6 +118,7 @@ class PuLIDPipeline(StepwisePipeline):
     Output = PuLIDOutput
     max_batch: ClassVar[int] = 4
     gpu_dtype: ClassVar[Dtype] = "float16"  # UNet and text encoders, as the original
+    weights_manifest: ClassVar[str | None] = "pulid"
     max_wait_ms: ClassVar[int] = 20
 
     def __init__(self, nets: PuLIDNetworks, settings: PuLIDSettings | None = None) -> None:

@@ -218,12 +218,19 @@ class Worker:
                 loaded.pipeline = loaded.cls.load(self.weight_source(), self.device, loaded.dtype)  # type: ignore[arg-type]
         except Exception as exc:
             others = [e for e, lo in self.loaded.items() if lo.resident and self.residency.bytes_of(e) > 0]
-            if retry_after_evicting_all and others and "out of memory" in str(exc).lower():
+            out_of_memory = "out of memory" in str(exc).lower()
+            if retry_after_evicting_all and others and out_of_memory:
                 log.warning("%s: out of device memory while loading; evicting %s", loaded.endpoint, ", ".join(others))
                 for endpoint in others:
                     self._evict(self.loaded[endpoint])
                 return self._load(loaded)
             loaded.pipeline = None  # a half-moved pipeline is not trusted: the next try loads it afresh
+            if out_of_memory and others:  # at start: it does not fit next to the others; a request makes room
+                self._free_device_memory()
+                self._report(loaded.endpoint, "standby", "loads when a request needs it (out of device memory)")
+                log.warning("%s: standby (out of device memory while loading next to %s)", loaded.endpoint,
+                            ", ".join(others))  # fmt: skip
+                return False
             self._failed(loaded.endpoint, exc)
             return False
         after = self._device_allocated()
@@ -256,14 +263,18 @@ class Worker:
             loaded.pipeline = None
         self.residency.remove(loaded.endpoint)
         loaded.resident = False
+        self._free_device_memory()
+        self.stats.inc("pipeline_evictions", loaded.endpoint)
+        self._report(loaded.endpoint, "standby", f"evicted ({how}); loads when a request needs it")
+        log.info("%s: evicted from %s (%s) to make room", loaded.endpoint, self.device, how)
+
+    def _free_device_memory(self) -> None:
+        """Give the freed tensors' cached blocks back, so the next load sees them as free."""
         gc.collect()
         if self.device.startswith("cuda"):
             import torch
 
             torch.cuda.empty_cache()
-        self.stats.inc("pipeline_evictions", loaded.endpoint)
-        self._report(loaded.endpoint, "standby", f"evicted ({how}); loads when a request needs it")
-        log.info("%s: evicted from %s (%s) to make room", loaded.endpoint, self.device, how)
 
     def _make_resident(self, loaded: Loaded) -> bool:
         """Evict least recently used pipelines until this one fits, then load it. Its queued jobs are told."""
