@@ -1,7 +1,7 @@
 """Tiny stand-in for antelopev2's ArcFace (glintr100.onnx), with its signature: ``input.1`` [N,3,112,112] ->
 [N,512] raw (un-normalised) features. Built in memory from a seed, so tests and ``tiny`` demos run
 insightface's real ArcFace runner (norm_crop alignment, blob normalisation) without the licensed file.
-The detector stand-in is LivePortrait's SCRFD-10G-shaped one (antelopev2's scrfd_10g_bnkps has the same
+The detector stand-in is the shared SCRFD-10G-shaped one (antelopev2's scrfd_10g_bnkps has det_10g's
 nine outputs): one face on a textured picture, none on a blank one.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper
 
-from pipelines.liveportrait.tiny_onnx import _const, _model, scrfd_standin
+from pipelines.common.insightface_standins import onnx_const, onnx_model, scrfd_standin
 
 __all__ = ["arcface_standin", "scrfd_standin"]
 
@@ -28,7 +28,7 @@ def arcface_standin(seed: int = 0) -> bytes:
         helper.make_node("Flatten", ["cells"], ["flat"]),
         helper.make_node("Gemm", ["flat", "w", "b"], ["fc1"], transB=1),
     ]
-    inits = [_const("w", weight), _const("b", rng.standard_normal(512).astype(np.float32))]
+    inits = [onnx_const("w", weight), onnx_const("b", rng.standard_normal(512).astype(np.float32))]
     inputs = [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["N", 3, ARCFACE_SIZE, ARCFACE_SIZE])]
     outputs = [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, ["N", 512])]
-    return _model(nodes, inputs, outputs, inits, "glintr100_standin")
+    return onnx_model(nodes, inputs, outputs, inits, "glintr100_standin")
