@@ -317,36 +317,40 @@ def test_a_one_shot_batch_is_cut_to_the_activation_memory_left(
     assert all(h.job(j).status == "COMPLETED" and h.job(j).error is None for j in subs[:3])
 
 
+def _serve(h: Harness) -> None:
+    h.thread = threading.Thread(target=h.worker.serve_forever, daemon=True)
+    h.thread.start()
+
+
+def twin_runs_out_of_memory_next_to_steps(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """test/steps-twin's load raises CUDA's out-of-memory error while test/steps is resident."""
+    from tests.support.steps_pipeline_twin import StepsTwinPipeline
+
+    real_load = StepsTwinPipeline.load.__func__  # type: ignore[attr-defined]
+
+    def load(cls: type, *args: object) -> object:
+        if h.worker.loaded[ENDPOINT].resident:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_load(cls, *args)
+
+    monkeypatch.setattr(StepsTwinPipeline, "load", classmethod(load))
+
+
 def test_out_of_memory_while_loading_evicts_the_others_and_retries(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Sizes may be unknown (no budget math helps): the device's own out-of-memory error makes room."""
-    from tests.support.steps_pipeline_twin import StepsTwinPipeline
-
     h = harness
     StepsPipeline.gate = None
     h.worker.load_pipelines()
     twin = h.worker.loaded[TWIN]
     h.worker._evict(twin)  # as if it had not fitted
-    real_load = StepsTwinPipeline.load.__func__  # type: ignore[attr-defined]
-
-    def load_once_oom(cls: type, *args: object) -> object:
-        if h.worker.loaded[ENDPOINT].resident:
-            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_load(cls, *args)
-
-    monkeypatch.setattr(StepsTwinPipeline, "load", classmethod(load_once_oom))
+    twin_runs_out_of_memory_next_to_steps(h, monkeypatch)
     job = h.submit(TWIN, seed=5, num_inference_steps=1)
-    h.thread = threading.Thread(target=h.worker.serve_forever, daemon=True)
-    h.thread.start()
+    _serve(h)
     (done,) = h.wait_done(job)
     assert done.error is None
     assert h.worker.loaded[TWIN].resident and not h.worker.loaded[ENDPOINT].resident
-
-
-def _serve(h: Harness) -> None:
-    h.thread = threading.Thread(target=h.worker.serve_forever, daemon=True)
-    h.thread.start()
 
 
 def test_a_pipeline_whose_declared_size_does_not_fit_waits_on_standby_without_loading(
@@ -377,18 +381,9 @@ def test_out_of_memory_while_loading_at_start_leaves_the_pipeline_on_standby_not
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Sizes unknown and the device full at start: the pipeline loads later, when a request makes room."""
-    from tests.support.steps_pipeline_twin import StepsTwinPipeline
-
     h = harness
     StepsPipeline.gate = None
-    real_load = StepsTwinPipeline.load.__func__  # type: ignore[attr-defined]
-
-    def load_oom_next_to_others(cls: type, *args: object) -> object:
-        if h.worker.loaded[ENDPOINT].resident:
-            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_load(cls, *args)
-
-    monkeypatch.setattr(StepsTwinPipeline, "load", classmethod(load_oom_next_to_others))
+    twin_runs_out_of_memory_next_to_steps(h, monkeypatch)
     h.worker.load_pipelines()
     assert h.worker.states[TWIN] == ("standby", "loads when a request needs it (out of device memory)")
     assert not h.worker.loaded[TWIN].failed and h.worker.loaded[ENDPOINT].resident
