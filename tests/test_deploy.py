@@ -57,3 +57,22 @@ def test_keda_scales_the_worker_deployment_on_a_query_the_store_answers(postgres
     with psycopg.connect(postgres_url) as conn:
         (count,) = conn.execute(trigger["metadata"]["query"]).fetchone()
     assert count == 3  # two queued + one running
+
+
+def test_api_replicas_share_every_key_the_server_would_otherwise_make_per_replica() -> None:
+    """Jobs are scoped to key ids (HMAC), uploads to signed URLs and tokens, webhooks to one Ed25519 key:
+    replicas with keys of their own would 404 each other's jobs and 403 each other's uploads."""
+    from server.auth import KEY_ID_SECRET_FILE
+    from server.uploads import SECRET_FILE_NAME
+    from server.webhook_signing import KEY_FILE_NAME
+
+    (api,) = [d for d in by_kind("Deployment") if d["metadata"]["name"] == "fal-onprem-api"]
+    pod = api["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    secrets_dir = next(e["value"] for e in container["env"] if e["name"] == "FAL_ONPREM_SECRETS_DIR")
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == secrets_dir]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    files = {item["path"] for item in volume["secret"]["items"]}
+    assert files == {KEY_ID_SECRET_FILE, SECRET_FILE_NAME, KEY_FILE_NAME}
+    readme = (DEPLOY / "README.md").read_text()
+    assert all(f"--from-literal={name}=" in readme for name in files)  # the command that creates them
