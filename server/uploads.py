@@ -1,9 +1,11 @@
 """Upload sessions behind the storage routes (fal-protocol.md §5): signing, streaming, multipart.
 
-Every upload is a session folder ``<data_dir>/uploads/<id>/`` holding ``session.json`` and the bytes
-received so far (one body, or numbered parts). On success the file moves into the FileStore, where it
-is served from ``/files/<key>/<name>``; the session folder is removed, or kept as a ``completed``
-marker so a retried completion still answers 200. Abandoned sessions are swept by ``cleanup_expired``.
+A one-body upload carries its session in its signed URL (``s``: file key, name, content type, key id), so
+any API replica holding the same secret receives it: the body streams to a temporary file, then into the
+FileStore, where it is served from ``/files/<key>/<name>``. A multipart upload is a session folder
+``<data_dir>/uploads/<id>/`` holding ``session.json`` and the parts received so far; on completion the
+parts are assembled into the FileStore and the folder is kept (without its parts) as a ``completed`` marker,
+so a retried completion still answers 200. Abandoned sessions are swept by ``cleanup_expired``.
 
 Two credentials guard the byte-carrying calls, since the JS client sends no ``Authorization`` there:
 * signed URLs: ``?exp=<unix>&sig=<HMAC(secret, id|exp)>`` (JS PUTs, Python's ``fal`` fallback);
@@ -14,6 +16,7 @@ The HMAC secret is created once per data dir (``upload_signing.key``, mode 0600)
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -26,6 +29,7 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
+from urllib.parse import urlencode
 
 from anyio import to_thread
 
@@ -92,17 +96,29 @@ class UploadManager:
         digest = hmac.new(self._secret, message.encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
-    def signed_query(self, session_id: str) -> str:
-        exp = math.ceil(time.time() + self.ttl_s)
-        return f"exp={exp}&sig={self._mac(f'upload|{session_id}|{exp}')}"
+    @staticmethod
+    def _signed_message(session_id: str, exp: str | int, carried: str) -> str:
+        return f"upload|{session_id}|{exp}" + (f"|{carried}" if carried else "")
 
-    def check_signature(self, session_id: str, exp: str | None, sig: str | None) -> None:
+    def signed_query(self, session: UploadSession) -> str:
+        """``exp``, ``sig`` and, for a one-body upload, the session itself (``s``), all under the MAC."""
+        exp = math.ceil(time.time() + self.ttl_s)
+        carried = _carry(session) if session.kind == "single" else ""
+        query: dict[str, str | int] = {"exp": exp, "sig": self._mac(self._signed_message(session.id, exp, carried))}
+        return urlencode(query | ({"s": carried} if carried else {}))
+
+    def check_signature(self, session_id: str, exp: str | None, sig: str | None, carried: str | None = None) -> None:
         if not exp or not sig or not exp.isdigit():
             raise forbidden("Upload URL is not signed")
-        if not hmac.compare_digest(sig, self._mac(f"upload|{session_id}|{exp}")):
+        if not hmac.compare_digest(sig, self._mac(self._signed_message(session_id, exp, carried or ""))):
             raise forbidden("Invalid upload URL signature")
         if int(exp) < time.time():
             raise forbidden("Upload URL has expired")
+
+    def carried_session(self, session_id: str, carried: str) -> UploadSession:
+        """The one-body session a signed URL carries (call ``check_signature`` first)."""
+        fields = json.loads(base64.urlsafe_b64decode(carried + "=" * (-len(carried) % 4)))
+        return UploadSession(id=session_id, kind="single", created=time.time(), **fields)
 
     def issue_token(self, key_id: str | None) -> tuple[str, float]:
         exp = math.ceil(time.time() + self.ttl_s)
@@ -129,6 +145,7 @@ class UploadManager:
         return self.root / session_id
 
     def create(self, kind: Kind, file_name: str | None, content_type: str | None, key_id: str | None) -> UploadSession:
+        """A new session; only a multipart one is written down (a one-body session travels in its URL)."""
         self.maybe_cleanup()
         session = UploadSession(
             id=secrets.token_urlsafe(24),
@@ -139,9 +156,9 @@ class UploadManager:
             created=time.time(),
             key_id=key_id,
         )
-        folder = self._dir(session.id)
-        folder.mkdir(parents=True)
-        self._save(session)
+        if kind == "multipart":
+            self._dir(session.id).mkdir(parents=True)
+            self._save(session)
         return session
 
     def _save(self, session: UploadSession) -> None:
@@ -158,9 +175,6 @@ class UploadManager:
             raise FalError(400, f"This upload session is a {session.kind} upload", "invalid_upload")
         return session
 
-    def discard(self, session: UploadSession) -> None:
-        shutil.rmtree(self._dir(session.id), ignore_errors=True)
-
     def maybe_cleanup(self) -> None:
         now = time.monotonic()
         if now - self._last_cleanup >= self._cleanup_every:
@@ -168,11 +182,16 @@ class UploadManager:
             self.cleanup_expired()
 
     def cleanup_expired(self, now: float | None = None) -> list[str]:
-        """Remove session folders (finished or not) created more than ``ttl_s`` ago; returns their ids."""
+        """Remove session folders (finished or not) created more than ``ttl_s`` ago, and bodies left behind
+        by a crash; returns their names."""
         now = time.time() if now is None else now
         removed = []
         for folder in self.root.iterdir():
             if not folder.is_dir():
+                with contextlib.suppress(OSError):
+                    if now - folder.stat().st_mtime > self.ttl_s:
+                        folder.unlink()
+                        removed.append(folder.name)
                 continue
             meta = folder / "session.json"
             try:
@@ -216,8 +235,8 @@ class UploadManager:
     async def receive_whole(
         self, session: UploadSession, chunks: AsyncIterator[bytes], declared_length: str | None
     ) -> StoredFile:
-        """A one-shot upload body: received into the session folder, then moved into the FileStore."""
-        tmp = self._dir(session.id) / f"body.{secrets.token_hex(4)}.tmp"
+        """A one-body upload: received into a temporary file, then moved into the FileStore."""
+        tmp = self.root / f"{session.id}.{secrets.token_hex(4)}.body.tmp"
         try:
             await self.receive(chunks, tmp, self.max_bytes, declared_length)
             return await to_thread.run_sync(self._publish, session, tmp)
@@ -286,6 +305,11 @@ class UploadManager:
 
     def _publish(self, session: UploadSession, path: Path) -> StoredFile:
         return self.files.adopt(session.file_key, path, session.content_type, session.file_name)
+
+
+def _carry(session: UploadSession) -> str:
+    fields = {k: getattr(session, k) for k in ("file_key", "file_name", "content_type", "key_id")}
+    return base64.urlsafe_b64encode(json.dumps(fields, separators=(",", ":")).encode()).rstrip(b"=").decode()
 
 
 def _part_name(number: int) -> str:

@@ -8,6 +8,8 @@ Every job completes with its result, none is lost, none runs twice except those 
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import signal
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image as PILImage
 
 from pipelines import registry
 from tests.support.live_server import ECHO_MODULE, REPO, LiveServer
@@ -147,3 +150,30 @@ def test_two_apis_three_workers_one_postgres(cluster, postgres_server: PostgresS
             assert result["seed"] == i
             image = client.get(result["image"]["url"].replace(apis[i % 2].url, other))
             assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+
+
+def test_an_upload_started_on_one_api_is_finished_and_used_as_input_on_the_other(cluster) -> None:
+    """Both clients' one-body flows (JS: initiate, then PUT the signed URL; Python: token, then POST) may
+    reach two replicas; the file lands in the shared bucket and is a job input on either."""
+    apis, _, _ = cluster
+    a, b = apis[0].url, apis[1].url
+    png = base64.b64decode(png_data_uri(size=(8, 8)).split(",", 1)[1])
+    with httpx.Client(timeout=30) as client:
+        body = {"file_name": "in.png", "content_type": "image/png"}
+        urls = client.post(f"{a}/rest/storage/upload/initiate?storage_type=fal-cdn-v3", json=body).json()
+        r = client.put(urls["upload_url"].replace(a, b), content=png, headers={"Content-Type": "image/png"})
+        assert r.status_code == 200, r.text
+        assert client.get(urls["file_url"]).content == png  # served by A, stored through B
+
+        token = client.post(f"{a}/rest/storage/auth/token?storage_type=fal-cdn-v3", json={}).json()["token"]
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "image/png", "X-Fal-File-Name": "b.png"}
+        r = client.post(f"{b}/cdn/files/upload", content=png, headers=headers)
+        assert r.status_code == 200, r.text
+        assert client.get(r.json()["access_url"].replace(b, a)).content == png
+
+        result = client.post(f"{b}/run/{APP}", json={"image_url": urls["file_url"], "seed": 7})
+        assert result.status_code == 200, result.text
+        assert result.json()["seed"] == 7
+        image = client.get(result.json()["image"]["url"].replace(b, a))
+        red, green, blue = PILImage.open(io.BytesIO(image.content)).convert("RGB").getpixel((0, 0))
+        assert red >= 200 and 100 <= green < 164 and 50 <= blue < 114  # the uploaded colour, tinted by echo

@@ -251,6 +251,18 @@ def test_signed_upload_url_is_checked(api: TestClient, tmp_path: Path) -> None:
     assert api.get(urls["file_url"]).content == b"ok"
 
 
+def test_a_one_body_upload_url_is_taken_by_any_replica_with_the_secret(api: TestClient, tmp_path: Path) -> None:
+    """The session travels in the signed URL: the replica that receives the body never saw the initiate."""
+    urls = initiate(api, name="photo.png")
+    twin = twin_client(tmp_path)
+    r = twin.put(urls["upload_url"], content=b"body")
+    assert r.status_code == 200, r.text
+    assert twin.get(urlsplit(urls["file_url"]).path).content == b"body"
+    assert not any((tmp_path / "twin" / "uploads").iterdir())  # nothing left behind
+    tampered = urls["upload_url"].replace("s=", "s=e30", 1)  # another session under the same MAC
+    assert twin.put(tampered, content=b"x").status_code == 403
+
+
 def test_cdn_token_is_checked(api: TestClient, tmp_path: Path) -> None:
     assert api.post("/cdn/files/upload", content=b"x").status_code == 401
     assert api.post("/cdn/files/upload", content=b"x", headers={"Authorization": f"Key {KEY}"}).status_code == 401

@@ -70,7 +70,7 @@ def _initiate(request: Request, body: InitiateUpload | None, key_id: str | None,
     content_type = checked_content_type(body.content_type, ["body", "content_type"])
     session = manager.create(kind, body.file_name, content_type, key_id)  # type: ignore[arg-type]
     base = base_url(request)
-    upload_url = f"{base}/storage/uploads/{session.id}?{manager.signed_query(session.id)}"
+    upload_url = f"{base}/storage/uploads/{session.id}?{manager.signed_query(session)}"
     return {"upload_url": upload_url, "file_url": session.file_url(base)}
 
 
@@ -94,9 +94,13 @@ def initiate_multipart_upload(
     return _initiate(request, body, key_id, "multipart")
 
 
-def _signed_session(request: Request, session_id: str, exp: str | None, sig: str | None, kind: str) -> UploadSession:
+def _signed_session(
+    request: Request, session_id: str, exp: str | None, sig: str | None, kind: str, carried: str | None = None
+) -> UploadSession:
     manager = uploads(request)
-    manager.check_signature(session_id, exp, sig)
+    manager.check_signature(session_id, exp, sig, carried)
+    if kind == "single" and carried:  # any replica can take it: the session is in the signed URL
+        return manager.carried_session(session_id, carried)
     return manager.get(session_id, kind)  # type: ignore[arg-type]
 
 
@@ -106,8 +110,9 @@ async def put_upload(
     session_id: str,
     exp: str | None = Query(default=None),
     sig: str | None = Query(default=None),
+    s: str | None = Query(default=None),
 ) -> dict[str, Any]:
-    session = _signed_session(request, session_id, exp, sig, "single")
+    session = _signed_session(request, session_id, exp, sig, "single", s)
     stored = await uploads(request).receive_whole(session, request.stream(), request.headers.get("content-length"))
     return {"file_url": stored.url(base_url(request)), "size": stored.size}
 
@@ -196,10 +201,7 @@ async def cdn_upload(
     key_id = _token_key_id(request, authorization)
     content_type = checked_content_type(content_type, ["header", "content-type"])
     session = manager.create("single", _cdn_file_name(x_fal_file_name, content_type), content_type, key_id)
-    try:
-        stored = await manager.receive_whole(session, request.stream(), request.headers.get("content-length"))
-    finally:
-        manager.discard(session)
+    stored = await manager.receive_whole(session, request.stream(), request.headers.get("content-length"))
     return {"access_url": stored.url(base_url(request))}
 
 
