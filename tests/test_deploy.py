@@ -76,3 +76,8 @@ def test_api_replicas_share_every_key_the_server_would_otherwise_make_per_replic
     assert files == {KEY_ID_SECRET_FILE, SECRET_FILE_NAME, KEY_FILE_NAME}
     readme = (DEPLOY / "README.md").read_text()
     assert all(f"--from-literal={name}=" in readme for name in files)  # the command that creates them
+
+
+def test_the_api_service_keeps_a_client_on_one_replica_for_its_multipart_parts() -> None:
+    (service,) = [d for d in by_kind("Service") if d["metadata"]["name"] == "fal-onprem"]
+    assert service["spec"]["sessionAffinity"] == "ClientIP"
