@@ -8,7 +8,8 @@ parts are assembled into the FileStore and the folder is kept (without its parts
 so a retried completion still answers 200. Abandoned sessions are swept by ``cleanup_expired``.
 
 Two credentials guard the byte-carrying calls, since the JS client sends no ``Authorization`` there:
-* signed URLs: ``?exp=<unix>&sig=<HMAC(secret, id|exp)>`` (JS PUTs, Python's ``fal`` fallback);
+* signed URLs: ``?exp=<unix>&sig=<HMAC(secret, id|exp[|s])>[&s=<session>]`` (JS PUTs, Python's ``fal``
+  fallback; ``s`` on one-body uploads);
 * CDN tokens (Python ``fal_v3``): ``<exp>.<key id>.<HMAC>``, sent as ``Authorization: Bearer``.
 The HMAC secret is created once per data dir (``upload_signing.key``, mode 0600).
 """

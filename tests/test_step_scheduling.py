@@ -57,6 +57,10 @@ class Harness:
 
     def start(self) -> None:
         self.worker.load_pipelines()
+        self.serve()
+
+    def serve(self) -> None:
+        """Run the (already loaded) worker's loop on its own thread."""
         self.thread = threading.Thread(target=self.worker.serve_forever, daemon=True)
         self.thread.start()
 
@@ -224,8 +228,7 @@ def test_memory_budget_that_fits_one_pipeline_serves_both(harness: Harness) -> N
     assert [e for e in (ENDPOINT, TWIN) if h.worker.loaded[e].resident] == [ENDPOINT]
     assert h.worker.states[TWIN][0] == "standby"
     subs = [h.submit(endpoint, seed=i, num_inference_steps=2) for i, endpoint in enumerate([ENDPOINT, TWIN] * 2)]
-    h.thread = threading.Thread(target=h.worker.serve_forever, daemon=True)
-    h.thread.start()
+    h.serve()
     done = h.wait_done(*subs)
     assert all(j.error is None for j in done)
     twin_logs = h.messages(subs[1])
@@ -317,11 +320,6 @@ def test_a_one_shot_batch_is_cut_to_the_activation_memory_left(
     assert all(h.job(j).status == "COMPLETED" and h.job(j).error is None for j in subs[:3])
 
 
-def _serve(h: Harness) -> None:
-    h.thread = threading.Thread(target=h.worker.serve_forever, daemon=True)
-    h.thread.start()
-
-
 def twin_runs_out_of_memory_next_to_steps(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     """test/steps-twin's load raises CUDA's out-of-memory error while test/steps is resident."""
     from tests.support.steps_pipeline_twin import StepsTwinPipeline
@@ -347,7 +345,7 @@ def test_out_of_memory_while_loading_evicts_the_others_and_retries(
     h.worker._evict(twin)  # as if it had not fitted
     twin_runs_out_of_memory_next_to_steps(h, monkeypatch)
     job = h.submit(TWIN, seed=5, num_inference_steps=1)
-    _serve(h)
+    h.serve()
     (done,) = h.wait_done(job)
     assert done.error is None
     assert h.worker.loaded[TWIN].resident and not h.worker.loaded[ENDPOINT].resident
@@ -371,7 +369,7 @@ def test_a_pipeline_whose_declared_size_does_not_fit_waits_on_standby_without_lo
     assert StepsPipeline.loads == 1 and h.worker.loaded[ENDPOINT].resident
     assert h.worker.states[TWIN][0] == "standby" and h.worker.loaded[TWIN].pipeline is None
     job = h.submit(TWIN, seed=1, num_inference_steps=1)
-    _serve(h)
+    h.serve()
     (done,) = h.wait_done(job)
     assert done.error is None and StepsPipeline.loads == 2
     assert any(m.startswith(f"Waiting for {TWIN} to load on cpu, evicting {ENDPOINT}") for m in h.messages(job))
@@ -388,7 +386,7 @@ def test_out_of_memory_while_loading_at_start_leaves_the_pipeline_on_standby_not
     assert h.worker.states[TWIN] == ("standby", "loads when a request needs it (out of device memory)")
     assert not h.worker.loaded[TWIN].failed and h.worker.loaded[ENDPOINT].resident
     job = h.submit(TWIN, seed=5, num_inference_steps=1)
-    _serve(h)
+    h.serve()
     (done,) = h.wait_done(job)
     assert done.error is None
     assert h.worker.loaded[TWIN].resident and not h.worker.loaded[ENDPOINT].resident
